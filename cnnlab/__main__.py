@@ -1,0 +1,136 @@
+"""Command line: ``python -m cnnlab {doctor,train,bench}`` for headless work."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cnnlab.models import MODELS
+from cnnlab.train import Callback
+
+
+def _doctor(args) -> int:
+    from cnnlab.doctor import check
+
+    report = check(download=args.download)
+    print(report)
+    return 0 if report.ok else 1
+
+
+class _PrintEpochs(Callback):
+    """One line per epoch."""
+
+    order = 10
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def after_epoch(self, state) -> None:
+        e = state.history.epochs[-1]
+        test = f"  test loss {e['test_loss']:.4f}  test acc {e['test_acc']:.2%}" if "test_acc" in e else ""
+        print(
+            f"epoch {e['epoch']}/{state.config.epochs}  train loss {e['train_loss']:.4f}  "
+            f"train acc {e['train_acc']:.2%}{test}  {e['seconds']:.1f}s  {e['images_per_s']:.0f} img/s",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def _train(args) -> int:
+    from cnnlab import data
+    from cnnlab.checkpoint import save_checkpoint
+    from cnnlab.models import count_parameters, create_model
+    from cnnlab.train import fit, seed_everything
+
+    # With --json, human-readable lines go to stderr so stdout's last line is the JSON object.
+    out = sys.stderr if args.json else sys.stdout
+    train_set = data.load(args.dataset, "train", limit=args.limit_train, seed=args.seed)
+    test_set = data.load(args.dataset, "test", limit=args.limit_test, seed=args.seed)
+    seed_everything(args.seed)  # the initial weights too, so a run repeats exactly on CPU
+    model = create_model(args.model, train_set.x.shape[1], len(train_set.classes))
+    settings = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "progress": not args.no_progress}
+    for key in ("lr", "batch_size", "optimizer", "amp"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    print(
+        f"{args.model} ({count_parameters(model):,} parameters) on {args.dataset}: "
+        f"{len(train_set):,} train / {len(test_set):,} test images",
+        file=out,
+        flush=True,
+    )
+    history = fit(model, train_set, test_set, callbacks=[_PrintEpochs(out)], **settings)
+    test_acc = history.last("test_acc")
+    print(
+        f"final test accuracy {test_acc:.2%} after {len(history.epochs)} epoch(s), {history.seconds:.1f}s on {history.device}"
+        + (f" (stopped: {history.stopped})" if history.stopped else ""),
+        file=out,
+        flush=True,
+    )
+    if args.save:
+        path = save_checkpoint(args.save, model, history=history, metrics={"test_acc": test_acc, "dataset": args.dataset})
+        print(f"saved {path}", file=out)
+    if args.json:
+        print(json.dumps({"model": args.model, "dataset": args.dataset, "test_acc": test_acc, **history.to_dict()}))
+    return 0 if history.stopped != "interrupt" else 130
+
+
+def _bench(args) -> int:
+    from cnnlab.bench import format_result, run
+
+    result = run(device=args.device, seed=args.seed)
+    print(format_result(result), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cnnlab", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("doctor", help="versions, device, datasets found or missing; exit 0 when the series can run")
+    d.add_argument("--download", action="store_true", help="download missing datasets (needs internet)")
+    d.set_defaults(func=_doctor)
+
+    t = sub.add_parser("train", help="train a model and report test accuracy")
+    t.add_argument("--model", choices=list(MODELS), default="small-cnn")
+    t.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--limit-train", type=int, default=None, metavar="N", help="a stratified subset of N train images")
+    t.add_argument("--limit-test", type=int, default=None, metavar="N", help="a stratified subset of N test images")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adadelta"], default=None)
+    t.add_argument("--amp", choices=["auto", "bf16", "off"], default=None, help="bf16 mixed precision")
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save", metavar="PATH", help="save a checkpoint (weights + config + history) here")
+    t.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+
+    b = sub.add_parser("bench", help="one epoch of the seed CNN: cnnlab's path against the pytorch/examples recipe")
+    b.add_argument("--device", default=None)
+    b.add_argument("--seed", type=int, default=1)
+    b.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    b.set_defaults(func=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m cnnlab`` and the ``cnnlab`` script."""
+    from cnnlab.checkpoint import CheckpointError
+    from cnnlab.data import DataError
+    from cnnlab.train import DeviceError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, DeviceError, CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

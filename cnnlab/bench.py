@@ -1,0 +1,116 @@
+"""One epoch of the seed CNN on full MNIST, two ways, on this machine, in one run.
+
+1. The pytorch/examples MNIST recipe as published: torchvision ``MNIST`` with ``ToTensor`` +
+   ``Normalize`` per sample, a ``DataLoader`` of batch 64, Adadelta with lr 1.0.
+2. cnnlab's path: the split held as one normalised tensor, batched by indexing, larger
+   batches, a one-cycle schedule, and bf16 autocast where the hardware has it.
+
+Both train the same model (``SmallCNN``) from the same seed and are scored on the full test set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from cnnlab import data
+from cnnlab.models import SmallCNN
+from cnnlab.train import fit, pick_device, seed_everything
+
+#: cnnlab's one-epoch settings (see README: "Performance").
+CNNLAB_SETTINGS = dict(epochs=1, batch_size=64, lr=2e-3, optimizer="adam", schedule="onecycle")
+
+
+@dataclass
+class EpochResult:
+    path: str
+    seconds: float  # wall time of the training epoch alone
+    images_per_s: float
+    test_acc: float
+    setup_seconds: float  # building the dataset / loading tensors, before training
+
+
+def recipe_epoch(device: torch.device, seed: int = 1) -> EpochResult:
+    """pytorch/examples' mnist/main.py for one epoch (its ``train`` and ``test`` loops)."""
+    t0 = time.perf_counter()
+    root = data.locate("mnist").parent.parent  # the extracted raw files, where torchvision looks
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    train_set = datasets.MNIST(root, train=True, download=False, transform=transform)
+    test_set = datasets.MNIST(root, train=False, download=False, transform=transform)
+    cuda_kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    train_loader = DataLoader(train_set, batch_size=64, shuffle=True, **cuda_kwargs)
+    test_loader = DataLoader(test_set, batch_size=1000, **cuda_kwargs)
+    seed_everything(seed)
+    model = SmallCNN().to(device)
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    setup = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    model.train()
+    for x, y in train_loader:
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)  # = nll_loss(log_softmax(...)), as the recipe computes it
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in test_loader:
+            correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
+    return EpochResult("pytorch/examples recipe", seconds, len(train_set) / seconds, correct / len(test_set), setup)
+
+
+def cnnlab_epoch(device: torch.device, seed: int = 1) -> EpochResult:
+    """cnnlab's in-memory path: ``data.load`` + ``fit`` with :data:`CNNLAB_SETTINGS`."""
+    t0 = time.perf_counter()
+    train_set = data.load("mnist", "train", device=device)
+    test_set = data.load("mnist", "test", device=device)
+    setup = time.perf_counter() - t0
+    model = SmallCNN()
+    history = fit(model, train_set, test_set, device=str(device), seed=seed, progress=False, **CNNLAB_SETTINGS)
+    epoch = history.epochs[0]
+    return EpochResult("cnnlab", epoch["seconds"], epoch["images_per_s"], epoch["test_acc"], setup)
+
+
+def run(device: str | None = None, seed: int = 1) -> dict:
+    """Both paths on one device; the result as a plain dict (``speedup`` = recipe time / cnnlab time)."""
+    dev = pick_device(device)
+    recipe = recipe_epoch(dev, seed)
+    ours = cnnlab_epoch(dev, seed)
+    return {
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "recipe": asdict(recipe),
+        "cnnlab": asdict(ours),
+        "cnnlab_settings": CNNLAB_SETTINGS,
+        "speedup": recipe.seconds / ours.seconds,
+        "accuracy_at_least_recipe": ours.test_acc >= recipe.test_acc,
+    }
+
+
+def format_result(r: dict) -> str:
+    """The benchmark as a short table."""
+    rows = [f"device {r['device']} ({r['threads']} threads), torch {r['torch']}, one epoch of SmallCNN on full MNIST"]
+    rows.append(f"{'path':<26}{'epoch s':>9}{'images/s':>10}{'test acc':>10}{'setup s':>9}")
+    for key in ("recipe", "cnnlab"):
+        e = r[key]
+        rows.append(
+            f"{e['path']:<26}{e['seconds']:>9.1f}{e['images_per_s']:>10.0f}{e['test_acc']:>10.2%}{e['setup_seconds']:>9.1f}"
+        )
+    verdict = "at least" if r["accuracy_at_least_recipe"] else "BELOW"
+    rows.append(f"cnnlab is {r['speedup']:.2f}x faster per epoch, with accuracy {verdict} the recipe's")
+    return "\n".join(rows)
+
+
+__all__ = ["run", "format_result", "recipe_epoch", "cnnlab_epoch", "CNNLAB_SETTINGS"]

@@ -1,0 +1,120 @@
+"""Checkpoints: weights plus the config, history and metrics that produced them.
+
+Written atomically (a temporary file renamed into place, so an interrupted save never leaves
+a half-written checkpoint) and read with ``torch.load(weights_only=True)``, which refuses
+pickled code. Anything wrong with a file is a :class:`CheckpointError` that says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.models import MODELS, create_model
+from cnnlab.train import History
+
+__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint"]
+
+FORMAT = "cnnlab-checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file could not be used; the message says why and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model and what was saved with it."""
+
+    model: nn.Module
+    history: History | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    history: History | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` (its registry name, hparams and weights) with ``history`` and ``metrics``, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "model": {
+            "name": getattr(model, "name", ""),
+            "class": type(model).__name__,
+            "hparams": dict(getattr(model, "hparams", {})),
+        },
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "history": history.to_dict() if history is not None else None,
+        "metrics": dict(metrics or {}),
+        "torch": str(torch.__version__),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Checkpoint:
+    """Load a checkpoint; rebuild its model from the registry, or load into ``model`` if given."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train a model and save it with save_checkpoint first")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        lines = str(err).splitlines() or [""]
+        reason = next((ln.strip() for ln in lines if "Unsupported global" in ln), lines[0])[:300]
+        raise CheckpointError(
+            f"{path} could not be read as a checkpoint ({type(err).__name__}: {reason}). "
+            "It is truncated, corrupt, or not a cnnlab checkpoint; files holding pickled code are refused. "
+            "Delete it and train again."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a cnnlab checkpoint (expected format {FORMAT!r}); delete it and train again")
+    info = payload["model"]
+    if model is None:
+        if info.get("name") not in MODELS:
+            raise CheckpointError(
+                f"{path} holds a {info.get('class')!r} model that is not in cnnlab's registry; "
+                "pass model=... to load its weights into a model you built"
+            )
+        try:
+            model = create_model(info["name"], **info["hparams"])
+        except TypeError as err:
+            raise CheckpointError(f"{path}: cannot rebuild {info['name']} from {info['hparams']}: {err}") from None
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{path} holds weights of {info.get('class')}({info.get('hparams')}) that do not fit "
+            f"{type(model).__name__}({getattr(model, 'hparams', '')}): "
+            + " ".join(str(err).split())[:600]
+        ) from None
+    model.eval()
+    history = History.from_dict(payload["history"]) if payload.get("history") else None
+    return Checkpoint(model=model, history=history, metrics=payload.get("metrics", {}), path=path)

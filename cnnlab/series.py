@@ -1,0 +1,29 @@
+"""The notebook series: what each notebook teaches, and which ones are in this checkout."""
+
+from __future__ import annotations
+
+from cnnlab import repo_root
+
+#: (number, file stem, title, what the learner sees and does)
+NOTEBOOKS: tuple[tuple[str, str, str, str], ...] = (
+    ("00", "00_start_here", "Start here", "environment check, device, data, how to use the series"),
+    ("01", "01_linear_baseline", "The linear baseline", "softmax regression to ~92%; weights as templates; shift a digit and watch it fail"),
+    ("02", "02_mlp", "The MLP", "a 2-layer MLP to ~98%; still not shift-robust; parameters vs image size"),
+    ("03", "03_convolution", "What a convolution computes", "kernel playground; weight sharing and translation equivariance; shape arithmetic"),
+    ("04", "04_pooling_and_receptive_fields", "Pooling, strides, receptive fields", "theoretical vs effective receptive fields on your own model"),
+    ("05", "05_small_cnn", "The small CNN, trained live", "live dashboard: curves, filters, feature maps; draw your own digit"),
+    ("06", "06_accuracy_report", "Reading an accuracy report", "the source's table rebuilt: errors per million, intervals, McNemar"),
+    ("07", "07_modern_cnn", "A modern CNN with augmentation", "BatchNorm, global pooling, augmentation: 99.6%+"),
+    ("08", "08_cnns_at_scale", "CNNs at scale", "LeNet-5 to ConvNeXt: parameters, FLOPs, receptive fields counted"),
+    ("09", "09_transfer_learning", "Same backbone, new data", "Fashion-MNIST; from scratch vs pretrained; label noise; data versions"),
+)
+
+
+def series_map() -> list[dict[str, str]]:
+    """Each notebook of the series, with ``available`` True when its file is in this checkout."""
+    folder = repo_root() / "notebooks"
+    return [
+        {"number": n, "file": f"{stem}.ipynb", "title": title, "teaches": teaches,
+         "available": (folder / f"{stem}.ipynb").is_file()}
+        for n, stem, title, teaches in NOTEBOOKS
+    ]

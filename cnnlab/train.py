@@ -1,0 +1,378 @@
+"""A plain training loop with a few callback events, returning a History.
+
+    history = fit(model, train_set, test_set, epochs=3, lr=1e-3)
+
+The loop body is the textbook one (``for xb, yb in batches: loss.backward(); opt.step()``).
+Callbacks see one small :class:`LoopState` at five events: ``before_fit``, ``before_epoch``,
+``after_batch``, ``after_epoch``, ``after_fit``. A callback raises :class:`StopTraining` to end
+training early; Ctrl-C (the notebook's stop button) finishes the current batch and ends
+training the same way. Either way ``fit`` returns the model trained so far and its history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from cnnlab.data import ImageSet
+
+__all__ = [
+    "TrainConfig",
+    "History",
+    "LoopState",
+    "Callback",
+    "StopTraining",
+    "DeviceError",
+    "fit",
+    "evaluate",
+    "predict",
+    "pick_device",
+    "seed_everything",
+]
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; saved with its History and checkpoint."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 2e-3  # peak learning rate of the one-cycle schedule
+    optimizer: str = "adam"  # adam | adamw | sgd | adadelta
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "onecycle"  # onecycle | constant | step (x0.7 each epoch, as pytorch/examples)
+    label_smoothing: float = 0.0
+    device: str | None = None  # None: cuda, then mps, then cpu
+    amp: str = "auto"  # auto | bf16 | off; auto: bf16 on CUDA and on CPUs with bf16 units
+    seed: int = 0
+    eval_batch_size: int = 1000
+    progress: bool = True  # a tqdm bar (a widget in Jupyter, text in a terminal)
+
+    def __post_init__(self):
+        checks = {
+            "epochs": self.epochs >= 0,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0 and math.isfinite(self.lr),
+            "optimizer": self.optimizer in _OPTIMIZERS,
+            "schedule": self.schedule in ("onecycle", "constant", "step"),
+            "amp": self.amp in ("auto", "bf16", "off"),
+            "eval_batch_size": self.eval_batch_size >= 1,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(
+                "invalid training setting(s): "
+                + ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+                + f" (optimizer: {' | '.join(_OPTIMIZERS)}; schedule: onecycle | constant | step;"
+                " amp: auto | bf16 | off; epochs >= 0, batch sizes >= 1, lr > 0)"
+            )
+
+
+_OPTIMIZERS = {
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True),
+    "adadelta": lambda p, c: torch.optim.Adadelta(p, lr=c.lr, weight_decay=c.weight_decay),
+}
+
+
+def make_config(**settings) -> TrainConfig:
+    """``TrainConfig(**settings)`` with a clear message for a misspelt setting."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"unknown training setting(s) {unknown}; known settings: {', '.join(sorted(known))}")
+    return TrainConfig(**settings)
+
+
+@dataclass
+class History:
+    """What a run measured, epoch by epoch, with the config and device it ran with."""
+
+    config: dict[str, Any]
+    device: str
+    model: str = ""
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    stopped: str | None = None  # None: ran all epochs; "callback" or "interrupt" otherwise
+    seconds: float = 0.0  # wall time of the whole fit, evaluation included
+
+    def last(self, key: str, default: float = float("nan")) -> float:
+        """The latest epoch's value of ``key`` (e.g. ``"test_acc"``)."""
+        return self.epochs[-1].get(key, default) if self.epochs else default
+
+    def column(self, key: str) -> list[float]:
+        """``key`` for every epoch, e.g. ``history.column("train_loss")``."""
+        return [e[key] for e in self.epochs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        return cls(**d)
+
+
+@dataclass
+class LoopState:
+    """What callbacks see: the loop's variables, updated in place as training runs."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    history: History
+    device: torch.device
+    steps_per_epoch: int
+    epoch: int = 0  # 0-based index of the running epoch
+    step: int = 0  # optimiser steps so far, over all epochs
+    xb: Tensor | None = None
+    yb: Tensor | None = None
+    loss: Tensor | None = None  # the last batch's loss (a device tensor: .item() syncs)
+    started: float = 0.0  # time.perf_counter() at the start of fit
+
+
+class DeviceError(RuntimeError):
+    """The device asked for is not available here."""
+
+
+class StopTraining(Exception):
+    """Raise from a callback to end training after the current batch; fit returns normally."""
+
+
+class Callback:
+    """Override any of the five events; ``order`` sorts callbacks (lower runs first)."""
+
+    order: int = 0
+
+    def before_fit(self, state: LoopState) -> None: ...
+    def before_epoch(self, state: LoopState) -> None: ...
+    def after_batch(self, state: LoopState) -> None: ...
+    def after_epoch(self, state: LoopState) -> None: ...
+    def after_fit(self, state: LoopState) -> None: ...
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The training device: ``device`` if given, else CUDA, then Apple's MPS, then the CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {str(device)!r} was asked for but CUDA is not available "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use device='cpu' or None"
+        )
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError(f"device {str(device)!r} was asked for but MPS is not available; use 'cpu' or None")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so a CPU run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _use_amp(cfg: TrainConfig, device: torch.device) -> bool:
+    # bf16 autocast keeps MNIST accuracy (measured: README, "Performance") and roughly halves
+    # CPU time where the hardware has bf16 units; elsewhere it would be slower, so it is off.
+    if cfg.amp == "auto":
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return device.type == "cpu" and cpu_has_bf16()
+    return cfg.amp == "bf16"
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _make_schedule(opt, cfg: TrainConfig, steps_per_epoch: int):
+    if cfg.schedule == "onecycle" and cfg.epochs > 0:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+        ), "batch"
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7), "epoch"
+    return None, None
+
+
+@contextlib.contextmanager
+def _graceful_interrupt():
+    """Turn the first Ctrl-C into a flag checked between batches; a second one interrupts at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def fit(
+    model: nn.Module,
+    train_set: ImageSet,
+    test_set: ImageSet | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+    **settings,
+) -> History:
+    """Train ``model`` on ``train_set``; evaluate on ``test_set`` after each epoch.
+
+    ``settings`` are the fields of :class:`TrainConfig` (``epochs``, ``lr``, ``batch_size``,
+    ``optimizer``, ``schedule``, ``device``, ``amp``, ``seed``, ``progress``, ...). The data is
+    moved to the device once and batched by indexing. Returns the :class:`History`; the model
+    is trained in place (and left on the training device, in eval mode).
+    """
+    cfg = make_config(**settings)
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    amp = _use_amp(cfg, device)
+    # channels_last lets oneDNN/cuDNN pick their fastest bf16 convolution kernels.
+    model.to(device)
+    if amp and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    train = train_set.to(device)
+    test = test_set.to(device) if test_set is not None else None
+    opt = _OPTIMIZERS[cfg.optimizer](model.parameters(), cfg)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    schedule, schedule_every = _make_schedule(opt, cfg, steps_per_epoch)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history = History(config=asdict(cfg), device=str(device), model=getattr(model, "name", type(model).__name__))
+    state = LoopState(model, opt, cfg, history, device, steps_per_epoch, started=time.perf_counter())
+    cbs = sorted(callbacks, key=lambda cb: getattr(cb, "order", 0))
+
+    def run(event: str) -> None:
+        for cb in cbs:
+            getattr(cb, event)(state)
+
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=not cfg.progress, unit="batch", dynamic_ncols=True)
+    try:
+        with _graceful_interrupt() as interrupted:
+            run("before_fit")
+            for epoch in range(cfg.epochs):
+                state.epoch = epoch
+                run("before_epoch")
+                model.train()
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), device=device, dtype=torch.long)
+                t0 = time.perf_counter()
+                bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+                for xb, yb in train.batches(cfg.batch_size, shuffle=True, generator=generator):
+                    with _autocast(device, amp):
+                        logits = model(xb)
+                        loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if schedule_every == "batch":
+                        schedule.step()
+                    loss_sum += loss.detach() * len(yb)
+                    correct += (logits.argmax(1) == yb).sum()
+                    state.step += 1
+                    state.xb, state.yb, state.loss = xb, yb, loss
+                    run("after_batch")
+                    bar.update()
+                    if interrupted.is_set():
+                        raise KeyboardInterrupt
+                if schedule_every == "epoch":
+                    schedule.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - t0
+                record = {
+                    "epoch": epoch + 1,
+                    "train_loss": loss_sum.item() / len(train),
+                    "train_acc": correct.item() / len(train),
+                    "seconds": seconds,
+                    "images_per_s": len(train) / seconds,
+                    "lr": opt.param_groups[0]["lr"],
+                }
+                if test is not None:
+                    # Scored in float32, so it equals evaluate(model, test) run at any later time.
+                    score = evaluate(model, test, batch_size=cfg.eval_batch_size)
+                    record.update(test_loss=score.loss, test_acc=score.accuracy)
+                history.epochs.append(record)
+                bar.set_postfix(
+                    loss=f"{record['train_loss']:.3f}",
+                    **({"test_acc": f"{record['test_acc']:.2%}"} if test is not None else {}),
+                )
+                run("after_epoch")
+    except StopTraining:
+        history.stopped = "callback"
+    except KeyboardInterrupt:
+        history.stopped = "interrupt"
+    finally:
+        bar.close()
+        model.eval()
+        history.seconds = time.perf_counter() - state.started
+    run("after_fit")
+    return history
+
+
+class Score(NamedTuple):
+    loss: float
+    accuracy: float
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageSet, *, batch_size: int = 1000) -> Score:
+    """Mean cross-entropy and accuracy of ``model`` on ``data`` (float32, on the model's device)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    data = data.to(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for xb, yb in data.batches(batch_size):
+        logits = model(xb)
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    model.train(was_training)
+    return Score(loss_sum.item() / len(data), correct.item() / len(data))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageSet | Tensor, *, batch_size: int = 1000) -> Tensor:
+    """Class probabilities, shape (N, classes), on the CPU, for an ImageSet or a batch of images."""
+    device = next(model.parameters()).device
+    x = data.x if isinstance(data, ImageSet) else data
+    was_training = model.training
+    model.eval()
+    out = [F.softmax(model(x[i : i + batch_size].to(device)).float(), dim=1).cpu() for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)

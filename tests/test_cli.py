@@ -1,0 +1,70 @@
+"""python -m cnnlab: doctor, train, and their error exits."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnnlab.__main__ import main
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "cnnlab", *args],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},
+    )
+
+
+def test_doctor_reports_versions_device_and_data():
+    r = run_cli("doctor")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "torch" in r.stdout and "device" in r.stdout
+    assert "mnist        ok:" in r.stdout and "ready: the series can run" in r.stdout
+
+
+def test_doctor_fails_when_mnist_is_missing(isolated_cache, capsys):
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "mnist        MISSING (required)" in out and "train-images-idx3-ubyte.gz" in out
+    assert "NOT READY" in out
+
+
+def test_train_json_is_the_last_line():
+    r = run_cli("train", "--model", "linear", "--epochs", "1", "--limit-train", "1000",
+                "--limit-test", "500", "--json", "--no-progress", "--lr", "0.01")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["model"] == "linear" and len(result["epochs"]) == 1
+    assert 0.7 < result["test_acc"] <= 1.0
+    assert "epoch 1/1" in r.stderr and "final test accuracy" in r.stderr
+
+
+def test_train_saves_a_loadable_checkpoint(tmp_path, capsys):
+    from cnnlab.checkpoint import load_checkpoint
+
+    path = tmp_path / "lin.pt"
+    code = main(["train", "--model", "linear", "--epochs", "1", "--limit-train", "500", "--limit-test", "200",
+                 "--no-progress", "--save", str(path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"saved {path}" in out
+    ckpt = load_checkpoint(path)
+    assert ckpt.metrics["dataset"] == "mnist" and ckpt.history.config["epochs"] == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--device", "cuda:7", "--epochs", "1", "--limit-train", "100"], "not available"),
+    (["train", "--epochs", "-1", "--limit-train", "100"], "epochs=-1"),
+    (["train", "--limit-train", "0"], "limit must be a positive"),
+])
+def test_bad_arguments_exit_2_with_a_message(args, message, capsys):
+    if "cuda:7" in args:
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    assert main(args + ["--no-progress"]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,75 @@
+"""The project's files agree with each other: pins, conda env, README commands, CI, notebooks."""
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pins() -> dict[str, str]:
+    out = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            out[canonicalize_name(name)] = version
+    return out
+
+
+def test_every_requirement_is_pinned_within_its_range():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    pinned = pins()
+    for text in reqs:
+        req = Requirement(text)
+        if req.name == "cnnlab":
+            continue
+        name = canonicalize_name(req.name)
+        assert name in pinned, f"{req.name} is required but has no pin in constraints.txt"
+        assert req.specifier.contains(pinned[name], prereleases=True), f"{req.name}=={pinned[name]} is outside {req}"
+    assert pinned["torch"] == "2.14.1" and pinned["torchvision"] == "0.29.1"
+
+
+def test_environment_yml_agrees_with_constraints():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    python = next(d for d in deps if isinstance(d, str) and d.startswith("python="))
+    assert python == "python=3.11"
+    pip_lines = next(d["pip"] for d in deps if isinstance(d, dict))
+    assert "-c constraints.txt" in pip_lines
+    pinned = pins()
+    for line in pip_lines:
+        if "==" in line:
+            name, version = line.split("==")
+            assert pinned.get(canonicalize_name(name)) == version, f"environment.yml pins {line}, constraints.txt {pinned.get(canonicalize_name(name))}"
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```(?:bash|sh)\n(.+?)\n```", text, flags=re.S)
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = readme_commands()
+    test_cmd = next(c for c in commands if "pytest" in c and "venv" in c)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_cmd.strip() in ci, "the README's test command must appear verbatim in .ci/run"
+    assert "constraints.txt" in test_cmd
+    lab_cmd = next(c for c in commands if "jupyter lab" in c)
+    assert "constraints.txt" in lab_cmd and "notebooks" in lab_cmd
+
+
+def test_notebooks_read_the_smoke_setting_through_cnnlab():
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert notebooks and notebooks[0].name == "00_start_here.ipynb"
+    for nb_path in notebooks:
+        nb = json.loads(nb_path.read_text())
+        code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        assert "CNNLAB_SMOKE" not in code and "os.environ" not in code, f"{nb_path.name}: use cnnlab.full_or_smoke"
+        assert "import *" not in code, f"{nb_path.name}: import names explicitly"

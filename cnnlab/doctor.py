@@ -36,19 +36,19 @@ class Report:
 
     def __str__(self) -> str:
         lines = ["cnnlab doctor"]
-        lines += [f"  {k:<12} {v}" for k, v in self.versions.items()]
-        lines.append(f"  {'device':<12} {self.device} ({self.device_detail})")
-        lines.append(f"  {'cpu threads':<12} {self.threads}; bf16 matmul on CPU: {'yes' if self.bf16_cpu else 'no'}")
-        lines.append(f"  {'smoke mode':<12} {'on (CNNLAB_SMOKE)' if self.smoke else 'off'}")
-        lines.append(f"  {'CNNLAB_DATA':<12} {os.environ.get('CNNLAB_DATA', '(not set)')}")
-        lines.append(f"  {'cache':<12} {cnnlab.cache_dir()}")
+        lines += [f"  {k:<14} {v}" for k, v in self.versions.items()]
+        lines.append(f"  {'device':<14} {self.device} ({self.device_detail})")
+        lines.append(f"  {'cpu threads':<14} {self.threads}; bf16 matmul on CPU: {'yes' if self.bf16_cpu else 'no'}")
+        lines.append(f"  {'smoke mode':<14} {'on (CNNLAB_SMOKE)' if self.smoke else 'off'}")
+        lines.append(f"  {'CNNLAB_DATA':<14} {os.environ.get('CNNLAB_DATA', '(not set)')}")
+        lines.append(f"  {'cache':<14} {cnnlab.cache_dir()}")
         for name, where in self.datasets.items():
             if name in self.missing:
                 need = "required" if name in REQUIRED else "needed by notebook 09"
-                lines.append(f"  {name:<12} MISSING ({need}):")
+                lines.append(f"  {name:<14} MISSING ({need}):")
                 lines += ["      " + line for line in where.splitlines()]
             else:
-                lines.append(f"  {name:<12} ok: {where}")
+                lines.append(f"  {name:<14} ok: {where}")
         lines.append("ready: the series can run" if self.ok else "NOT READY: see the missing datasets above")
         return "\n".join(lines)
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 

@@ -21,13 +21,13 @@ def test_doctor_reports_versions_device_and_data():
     r = run_cli("doctor")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "torch" in r.stdout and "device" in r.stdout
-    assert "mnist        ok:" in r.stdout and "ready: the series can run" in r.stdout
+    assert "mnist          ok:" in r.stdout and "ready: the series can run" in r.stdout
 
 
 def test_doctor_fails_when_mnist_is_missing(isolated_cache, capsys):
     assert main(["doctor"]) == 1
     out = capsys.readouterr().out
-    assert "mnist        MISSING (required)" in out and "train-images-idx3-ubyte.gz" in out
+    assert "mnist          MISSING (required)" in out and "train-images-idx3-ubyte.gz" in out
     assert "NOT READY" in out
 
 

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--limit-train", type=int, default=None, metavar="N", help="a stratified subset of N train images")
     t.add_argument("--limit-test", type=int, default=None, metavar="N", help="a stratified subset of N test images")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adadelta"], default=None)
     t.add_argument("--amp", choices=["auto", "bf16", "off"], default=None, help="bf16 mixed precision")

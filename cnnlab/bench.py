@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from cnnlab import data
 from cnnlab.models import SmallCNN
-from cnnlab.train import fit, pick_device, seed_everything
+from cnnlab.train import TrainConfig, fit, pick_device, seed_everything
 
-#: cnnlab's one-epoch settings (see README: "Performance").
-CNNLAB_SETTINGS = dict(epochs=1, batch_size=64, lr=2e-3, optimizer="adam", schedule="onecycle")
+#: cnnlab's settings: fit's defaults (Adam, one-cycle schedule, batch 64) for one epoch.
+CNNLAB_SETTINGS = {"epochs": 1}
 
 
 @dataclass
@@ -33,15 +33,21 @@ class EpochResult:
     images_per_s: float
     test_acc: float
     setup_seconds: float  # building the dataset / loading tensors, before training
+    train_images: int
 
 
-def recipe_epoch(device: torch.device, seed: int = 1) -> EpochResult:
-    """pytorch/examples' mnist/main.py for one epoch (its ``train`` and ``test`` loops)."""
+def recipe_epoch(device: torch.device, seed: int = 1, limit: int | None = None) -> EpochResult:
+    """pytorch/examples' mnist/main.py for one epoch (its ``train`` and ``test`` loops).
+
+    ``limit`` trains on a stratified subset (the same images :func:`cnnlab_epoch` uses), for tests.
+    """
     t0 = time.perf_counter()
     root = data.locate("mnist").parent.parent  # the extracted raw files, where torchvision looks
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     train_set = datasets.MNIST(root, train=True, download=False, transform=transform)
     test_set = datasets.MNIST(root, train=False, download=False, transform=transform)
+    if limit is not None:
+        train_set = Subset(train_set, data.stratified_indices(train_set.targets, limit, seed).tolist())
     cuda_kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
     train_loader = DataLoader(train_set, batch_size=64, shuffle=True, **cuda_kwargs)
     test_loader = DataLoader(test_set, batch_size=1000, **cuda_kwargs)
@@ -67,33 +73,37 @@ def recipe_epoch(device: torch.device, seed: int = 1) -> EpochResult:
     with torch.no_grad():
         for x, y in test_loader:
             correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
-    return EpochResult("pytorch/examples recipe", seconds, len(train_set) / seconds, correct / len(test_set), setup)
+    n = len(train_set)
+    return EpochResult("pytorch/examples recipe", seconds, n / seconds, correct / len(test_set), setup, n)
 
 
-def cnnlab_epoch(device: torch.device, seed: int = 1) -> EpochResult:
+def cnnlab_epoch(device: torch.device, seed: int = 1, limit: int | None = None) -> EpochResult:
     """cnnlab's in-memory path: ``data.load`` + ``fit`` with :data:`CNNLAB_SETTINGS`."""
     t0 = time.perf_counter()
-    train_set = data.load("mnist", "train", device=device)
+    train_set = data.load("mnist", "train", limit=limit, seed=seed, device=device)
     test_set = data.load("mnist", "test", device=device)
     setup = time.perf_counter() - t0
     model = SmallCNN()
     history = fit(model, train_set, test_set, device=str(device), seed=seed, progress=False, **CNNLAB_SETTINGS)
     epoch = history.epochs[0]
-    return EpochResult("cnnlab", epoch["seconds"], epoch["images_per_s"], epoch["test_acc"], setup)
+    return EpochResult("cnnlab", epoch["seconds"], epoch["images_per_s"], epoch["test_acc"], setup, len(train_set))
 
 
-def run(device: str | None = None, seed: int = 1) -> dict:
+def run(device: str | None = None, seed: int = 1, limit: int | None = None) -> dict:
     """Both paths on one device; the result as a plain dict (``speedup`` = recipe time / cnnlab time)."""
     dev = pick_device(device)
-    recipe = recipe_epoch(dev, seed)
-    ours = cnnlab_epoch(dev, seed)
+    recipe = recipe_epoch(dev, seed, limit)
+    ours = cnnlab_epoch(dev, seed, limit)
+    if recipe.train_images != ours.train_images:
+        raise RuntimeError(f"the two paths saw {recipe.train_images} and {ours.train_images} images")
     return {
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "recipe": asdict(recipe),
         "cnnlab": asdict(ours),
-        "cnnlab_settings": CNNLAB_SETTINGS,
+        "cnnlab_settings": {k: v for k, v in asdict(TrainConfig(**CNNLAB_SETTINGS)).items() if k not in ("progress", "device")},
+        "train_images": ours.train_images,
         "speedup": recipe.seconds / ours.seconds,
         "accuracy_at_least_recipe": ours.test_acc >= recipe.test_acc,
     }
@@ -101,7 +111,7 @@ def run(device: str | None = None, seed: int = 1) -> dict:
 
 def format_result(r: dict) -> str:
     """The benchmark as a short table."""
-    rows = [f"device {r['device']} ({r['threads']} threads), torch {r['torch']}, one epoch of SmallCNN on full MNIST"]
+    rows = [f"device {r['device']} ({r['threads']} threads), torch {r['torch']}, one epoch of SmallCNN on {r['train_images']:,} MNIST images"]
     rows.append(f"{'path':<26}{'epoch s':>9}{'images/s':>10}{'test acc':>10}{'setup s':>9}")
     for key in ("recipe", "cnnlab"):
         e = r[key]

@@ -50,7 +50,7 @@ class TrainConfig:
 
     epochs: int = 3
     batch_size: int = 64
-    lr: float = 2e-3  # peak learning rate of the one-cycle schedule
+    lr: float = 3e-3  # peak learning rate of the one-cycle schedule
     optimizer: str = "adam"  # adam | adamw | sgd | adadelta
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0

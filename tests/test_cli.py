@@ -68,3 +68,15 @@ def test_bad_arguments_exit_2_with_a_message(args, message, capsys):
             pytest.skip("a GPU is present")
     assert main(args + ["--no-progress"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_compares_both_paths_on_the_same_images():
+    from cnnlab.bench import format_result, run
+
+    result = run(device="cpu", limit=1200)
+    assert result["train_images"] == 1200
+    for key in ("recipe", "cnnlab"):
+        assert result[key]["seconds"] > 0 and 0.3 < result[key]["test_acc"] <= 1
+        assert result[key]["images_per_s"] == pytest.approx(1200 / result[key]["seconds"], rel=1e-6)
+    assert result["speedup"] == pytest.approx(result["recipe"]["seconds"] / result["cnnlab"]["seconds"])
+    assert "x faster per epoch" in format_result(result)

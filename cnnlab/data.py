@@ -341,6 +341,17 @@ class ImageSet(torch.utils.data.Dataset):
             for i in range(0, n, batch_size):
                 yield self.x[i : i + batch_size], self.y[i : i + batch_size]
 
+    def with_images(self, x: Tensor) -> ImageSet:
+        """The same labels with other images (e.g. shifted copies)."""
+        if x.shape[0] != len(self):
+            raise ValueError(f"need {len(self)} images, got {x.shape[0]}")
+        return replace(self, x=x)
+
+    @property
+    def background(self) -> float:
+        """The normalised value of a black (0) pixel: what shifted-in borders are filled with."""
+        return -self.mean / self.std
+
     def denormalize(self, x: Tensor) -> Tensor:
         """Undo the normalisation: pixel values back in [0, 1], for display."""
         return (x * self.std + self.mean).clamp(0, 1)

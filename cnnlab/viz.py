@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor, nn
 
 from cnnlab.data import ImageSet
+from cnnlab.train import History
 
-__all__ = ["show_images"]
+__all__ = [
+    "show_images",
+    "show_weights_as_templates",
+    "plot_confusion",
+    "plot_history",
+    "plot_shift_curve",
+    "show_prediction",
+    "show_mistakes",
+]
 
 
 def show_images(
@@ -29,8 +42,148 @@ def show_images(
         ax.axis("off")
     for k, (ax, i) in enumerate(zip(axes.flat, index)):
         img = data.denormalize(data.x[i].detach().float().cpu())
-        ax.imshow(img.permute(1, 2, 0).squeeze(-1), cmap="gray_r" if img.shape[0] == 1 else None, vmin=0, vmax=1)
+        ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray_r" if img.shape[0] == 1 else None, vmin=0, vmax=1)
         label = titles[k] if titles is not None else data.classes[int(data.y[i])]
         ax.set_title(label, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def show_weights_as_templates(
+    model_or_weight: nn.Module | Tensor,
+    classes: Sequence[str],
+    *,
+    image_shape: tuple[int, int] = (28, 28),
+    size: float = 1.5,
+) -> Figure:
+    """Each class's row of a linear layer's weights drawn as an image: red pixels vote for the
+    class, blue ones against it (one colour scale for all, centred on zero)."""
+    if isinstance(model_or_weight, nn.Module):
+        linear = [m for m in model_or_weight.modules() if isinstance(m, nn.Linear)][0]
+        weight = linear.weight
+    else:
+        weight = model_or_weight
+    weight = weight.detach().float().cpu()
+    limit = weight.abs().max().item()
+    ncols = min(5, len(classes))
+    nrows = math.ceil(len(classes) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.1), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, w, name in zip(axes.flat, weight, classes):
+        im = ax.imshow(w.view(*image_shape).numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.7, label="weight")
+    return fig
+
+
+def plot_confusion(cm: Tensor, classes: Sequence[str], *, ax: Axes | None = None, title: str = "") -> Axes:
+    """A confusion matrix with counts; the diagonal (correct) is left blank so errors stand out."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 4.6))
+    errors = cm.clone().double()
+    errors.fill_diagonal_(float("nan"))
+    ax.imshow(errors.numpy(), cmap="Reds")
+    k = len(classes)
+    short = [c.split(" - ")[0] for c in classes]
+    ax.set_xticks(range(k), short, rotation=90 if max(map(len, short)) > 2 else 0)
+    ax.set_yticks(range(k), short)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max(1.0, float(torch.nan_to_num(errors).max()))
+    for i in range(k):
+        for j in range(k):
+            n = int(cm[i, j])
+            if n:
+                dark = i != j and n > 0.6 * peak
+                ax.text(j, i, n, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    ax.set_title(title or f"{int(cm.sum() - cm.trace())} errors of {int(cm.sum())}")
+    return ax
+
+
+def plot_history(histories: History | Mapping[str, History], *, axes: Sequence[Axes] | None = None) -> Figure:
+    """Loss and test accuracy per epoch, for one run or several (a dict of name -> History)."""
+    if isinstance(histories, History):
+        histories = {histories.model or "model": histories}
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig = axes[0].figure
+    for name, h in histories.items():
+        epochs = h.column("epoch")
+        line, = axes[0].plot(epochs, h.column("train_loss"), marker="o", label=f"{name} train")
+        if h.epochs and "test_loss" in h.epochs[0]:
+            axes[0].plot(epochs, h.column("test_loss"), marker="o", ls="--", color=line.get_color(), label=f"{name} test")
+            axes[1].plot(epochs, [100 * a for a in h.column("test_acc")], marker="o", color=line.get_color(), label=name)
+    axes[0].set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig
+
+
+def plot_shift_curve(
+    curves: Mapping[str, Mapping[str, Sequence[float]]],
+    shifts: Sequence[int],
+    *,
+    ax: Axes | None = None,
+) -> Axes:
+    """Accuracy against shift, one line per model: the mean over directions, with a band
+    from the worst to the best direction. ``curves`` is ``{model: {direction: accuracies}}``."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6))
+    for name, by_direction in curves.items():
+        acc = 100 * torch.tensor([list(v) for v in by_direction.values()], dtype=torch.float64)
+        line, = ax.plot(shifts, acc.mean(0).numpy(), marker="o", label=name)
+        ax.fill_between(shifts, acc.min(0).values.numpy(), acc.max(0).values.numpy(), color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="shift (pixels)", ylabel="test accuracy (%)", ylim=(0, 100),
+           title="accuracy when every test digit is moved")
+    ax.axhline(10, color="gray", ls=":", lw=1)
+    ax.text(shifts[-1], 11, "chance", ha="right", fontsize=8, color="gray")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax
+
+
+def show_prediction(
+    image: Tensor,
+    probs: Mapping[str, Tensor],
+    classes: Sequence[str],
+    *,
+    axes: Sequence[Axes] | None = None,
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> Figure:
+    """An image beside each model's class probabilities (one bar chart per model)."""
+    n = len(probs)
+    if axes is None:
+        fig, axes = plt.subplots(1, n + 1, figsize=(2.6 + 2.6 * n, 2.6), width_ratios=[1] + [1.3] * n)
+    fig = axes[0].figure
+    axes[0].imshow((image.float().cpu() * std + mean).clamp(0, 1).squeeze(0).numpy(), cmap="gray_r", vmin=0, vmax=1)
+    axes[0].axis("off")
+    short = [c.split(" - ")[0] for c in classes]
+    for ax, (name, p) in zip(axes[1:], probs.items()):
+        p = p.float().cpu().numpy()
+        top = int(p.argmax())
+        colors = ["tab:blue"] * len(p)
+        colors[top] = "tab:orange"
+        ax.barh(range(len(p)), p, color=colors)
+        ax.set_yticks(range(len(p)), short, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{name}: {short[top]} ({p[top]:.0%})", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def show_mistakes(data: ImageSet, probs: Tensor, *, k: int = 16, ncols: int = 8) -> Figure:
+    """The ``k`` most confident mistakes, titled ``true→predicted probability``."""
+    from cnnlab.metrics import most_confident_mistakes
+
+    index = most_confident_mistakes(probs, data.y, k)
+    short = [c.split(" - ")[0] for c in data.classes]
+    titles = [f"{short[int(data.y[i])]}→{short[int(probs[i].argmax())]} {float(probs[i].max()):.0%}" for i in index]
+    return show_images(data, index.tolist(), titles=titles, ncols=ncols)

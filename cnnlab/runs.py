@@ -1,0 +1,85 @@
+"""Trained models kept between notebooks: a notebook saves its model, a later one loads it.
+
+A saved run is a checkpoint in ``cache_dir()/runs/`` whose file name carries a hash of what
+produced it (model and its hparams, dataset and its size, training settings), so a smoke run
+never overwrites a full one and changed settings never load a stale model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from torch import nn
+
+from cnnlab import cache_dir, smoke_mode
+from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cnnlab.data import ImageSet
+from cnnlab.train import History, fit, make_config, seed_everything
+
+__all__ = ["SERIES_SETTINGS", "series_settings", "run_path", "save_run", "load_or_train"]
+
+#: How the series trains each model (the rest are fit's defaults). Notebooks start from these,
+#: so a model saved by one notebook is found by the next.
+SERIES_SETTINGS: dict[str, dict] = {
+    "linear": {"epochs": 5},
+    "mlp": {"epochs": 10},
+}
+
+
+def series_settings(name: str) -> dict:
+    """The series' training settings for model ``name``; one epoch in the smoke setting."""
+    settings = dict(SERIES_SETTINGS[name])
+    if smoke_mode():
+        settings["epochs"] = 1
+    return settings
+
+_NOT_PART_OF_THE_RESULT = ("progress", "device", "eval_batch_size")
+
+
+def run_path(name: str, model: nn.Module, train_set: ImageSet, config: dict) -> Path:
+    """Where the run ``name`` with this model, data and config is (or would be) saved."""
+    key = {
+        "model": getattr(model, "name", type(model).__name__),
+        "hparams": getattr(model, "hparams", {}),
+        "data": [train_set.name, len(train_set)],
+        "config": {k: v for k, v in config.items() if k not in _NOT_PART_OF_THE_RESULT},
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return cache_dir() / "runs" / f"{name}-{digest}.pt"
+
+
+def save_run(name: str, model: nn.Module, history: History, train_set: ImageSet) -> Path:
+    """Save a trained model with its history and test accuracy for later notebooks."""
+    path = run_path(name, model, train_set, history.config)
+    return save_checkpoint(path, model, history=history, metrics={"test_acc": history.last("test_acc")})
+
+
+def load_or_train(
+    name: str,
+    make_model: Callable[[], nn.Module],
+    train_set: ImageSet,
+    test_set: ImageSet,
+    **settings,
+) -> tuple[nn.Module, History]:
+    """The saved run ``name`` trained with ``settings``, or (if there is none) train and save it now."""
+    config = asdict(make_config(**settings))
+    seed_everything(config["seed"])
+    model = make_model()
+    path = run_path(name, model, train_set, config)
+    if path.exists():
+        try:
+            ckpt = load_checkpoint(path, model=model)
+            print(f"{name}: loaded the saved run {path.name} (test accuracy {ckpt.metrics.get('test_acc', float('nan')):.2%})")
+            return ckpt.model, ckpt.history
+        except CheckpointError as err:
+            print(f"{name}: the saved run could not be used ({err}); training again")
+    else:
+        print(f"{name}: no saved run with these settings; training it now")
+    history = fit(model, train_set, test_set, **settings)
+    if history.stopped is None:
+        save_run(name, model, history, train_set)
+    return model, history

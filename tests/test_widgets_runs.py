@@ -1,0 +1,97 @@
+"""Widgets driven without a browser (set .value, check what changed) and the saved-run cache."""
+
+import pytest
+import torch
+
+from cnnlab import runs
+from cnnlab.models import MLP, LinearClassifier
+from cnnlab.transforms import shift_images
+from cnnlab.widgets import explore_transform, shift_explorer
+
+
+@pytest.fixture(scope="module")
+def two_models(mnist_small):
+    from cnnlab.train import fit
+
+    train, _ = mnist_small
+    lin, mlp = LinearClassifier(), MLP(hidden=64)
+    fit(lin, train, epochs=2, progress=False)
+    fit(mlp, train, epochs=2, progress=False)
+    return {"linear": lin, "mlp": mlp}
+
+
+def test_explore_transform_gives_the_shifted_digit_and_probabilities(two_models, mnist_small):
+    _, test = mnist_small
+    image, probs = explore_transform(two_models, test, 5, dx=3, dy=-2)
+    assert torch.equal(image, shift_images(test.x[5], 3, -2, test.background))
+    assert set(probs) == {"linear", "mlp"}
+    for p in probs.values():
+        assert p.shape == (10,) and p.sum().item() == pytest.approx(1, abs=1e-5)
+    with pytest.raises(ValueError, match="index must be a whole number from 0 to 999"):
+        explore_transform(two_models, test, 1000)
+
+
+def test_shift_explorer_updates_picture_and_probabilities(two_models, mnist_small):
+    _, test = mnist_small
+    w = shift_explorer(two_models, test, index=0)
+    first_image, first_summary = w.image.value, w.summary.value
+    assert first_image[:4] == b"\x89PNG" and "<b>linear</b>" in first_summary and "<b>mlp</b>" in first_summary
+    w.controls["dx"].value = 6
+    assert w.image.value != first_image and w.summary.value != first_summary
+    _, expected = explore_transform(two_models, test, 0, dx=6)
+    assert f"({float(expected['linear'].max()):.1%})" in w.summary.value
+    w.controls["index"].value = 10**6  # bounded: clamped to the last digit, no error
+    assert w.controls["index"].value == len(test) - 1 and "color:#b00" not in w.summary.value
+    w.controls["angle"].value = 45.0
+    w.controls["scale"].value = 0.5
+    assert "color:#b00" not in w.summary.value
+
+
+def test_a_single_model_is_accepted(two_models, mnist_small):
+    _, test = mnist_small
+    w = shift_explorer(two_models["linear"], test, rotate_and_scale=False)
+    assert set(w.controls) == {"index", "dx", "dy"} and "<b>linear</b>" in w.summary.value
+
+
+def test_load_or_train_saves_then_loads(isolated_cache, mnist_small, monkeypatch, capsys):
+    train, test = mnist_small
+    model, history = runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False)
+    assert "training it now" in capsys.readouterr().out
+    saved = list((isolated_cache / "cache" / "runs").glob("lin-*.pt"))
+    assert len(saved) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("should have loaded the saved run")
+
+    monkeypatch.setattr(runs, "fit", no_training)
+    again, history2 = runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False)
+    assert "loaded the saved run" in capsys.readouterr().out
+    assert torch.equal(again.fc.weight, model.fc.weight.cpu()) and history2.epochs == history.epochs
+
+
+def test_other_settings_or_data_mean_another_run(mnist_small):
+    train, _ = mnist_small
+    model = LinearClassifier()
+    base = runs.run_path("lin", model, train, {"epochs": 1, "lr": 0.1, "progress": True})
+    assert runs.run_path("lin", model, train, {"epochs": 1, "lr": 0.1, "progress": False}) == base
+    assert runs.run_path("lin", model, train, {"epochs": 2, "lr": 0.1}) != base
+    assert runs.run_path("lin", model, train.subset(range(100)), {"epochs": 1, "lr": 0.1}) != base
+    assert runs.run_path("lin", LinearClassifier(image_size=56), train, {"epochs": 1, "lr": 0.1}) != base
+
+
+def test_a_corrupt_saved_run_is_retrained_with_a_message(isolated_cache, mnist_small, capsys):
+    train, test = mnist_small
+    runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False)
+    path = next((isolated_cache / "cache" / "runs").glob("lin-*.pt"))
+    path.write_bytes(b"garbage")
+    capsys.readouterr()
+    model, history = runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False)
+    assert "could not be used" in capsys.readouterr().out and len(history.epochs) == 1
+    assert runs.load_checkpoint(path).metrics["test_acc"] == history.last("test_acc")  # replaced
+
+
+def test_series_settings_shrink_in_smoke_mode(monkeypatch):
+    monkeypatch.setenv("CNNLAB_SMOKE", "0")
+    assert runs.series_settings("mlp")["epochs"] == runs.SERIES_SETTINGS["mlp"]["epochs"]
+    monkeypatch.setenv("CNNLAB_SMOKE", "1")
+    assert runs.series_settings("mlp")["epochs"] == 1

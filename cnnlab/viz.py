@@ -64,7 +64,7 @@ def show_weights_as_templates(
     else:
         weight = model_or_weight
     weight = weight.detach().float().cpu()
-    limit = weight.abs().max().item()
+    limit = weight.abs().quantile(0.995).item()  # a few extreme weights would wash out the rest
     ncols = min(5, len(classes))
     nrows = math.ceil(len(classes) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.1), squeeze=False)
@@ -162,7 +162,8 @@ def show_prediction(
         fig, axes = plt.subplots(1, n + 1, figsize=(2.6 + 2.6 * n, 2.6), width_ratios=[1] + [1.3] * n)
     fig = axes[0].figure
     axes[0].imshow((image.float().cpu() * std + mean).clamp(0, 1).squeeze(0).numpy(), cmap="gray_r", vmin=0, vmax=1)
-    axes[0].axis("off")
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])  # keep the frame: it is the edge of the 28x28 input
     short = [c.split(" - ")[0] for c in classes]
     for ax, (name, p) in zip(axes[1:], probs.items()):
         p = p.float().cpu().numpy()

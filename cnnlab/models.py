@@ -17,6 +17,7 @@ __all__ = [
     "MLP",
     "SmallCNN",
     "ModernCNN",
+    "ConvStack",
     "MODELS",
     "create_model",
     "count_parameters",
@@ -129,7 +130,43 @@ class ModernCNN(_Model):
         )
 
 
-MODELS: dict[str, type[_Model]] = {m.name: m for m in (LinearClassifier, MLP, SmallCNN, ModernCNN)}
+class ConvStack(_Model):
+    """``depth`` conv layers (kernel ``kernel``, ``width`` channels, ReLU), optionally a 2x2
+    max-pool after every ``pool_every`` convs, then global average pooling and a classifier:
+    the stacks notebook 04 measures receptive fields on."""
+
+    name = "conv-stack"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        depth: int = 4,
+        width: int = 16,
+        kernel: int = 3,
+        padding: int = 0,
+        stride: int = 1,
+        dilation: int = 1,
+        pool_every: int = 0,
+    ):
+        layers = OrderedDict()
+        c = in_channels
+        for i in range(1, depth + 1):
+            layers[f"conv{i}"] = nn.Conv2d(c, width, kernel, stride=stride, padding=padding, dilation=dilation)
+            layers[f"relu{i}"] = nn.ReLU()
+            if pool_every and i % pool_every == 0:
+                layers[f"pool{i}"] = nn.MaxPool2d(2)
+            c = width
+        layers["gap"] = nn.AdaptiveAvgPool2d(1)  # (B, width, 1, 1)
+        layers["flatten"] = nn.Flatten()  # (B, width)
+        layers["fc"] = nn.Linear(width, num_classes)  # (B, classes)
+        super().__init__(
+            layers, in_channels=in_channels, num_classes=num_classes, depth=depth, width=width, kernel=kernel,
+            padding=padding, stride=stride, dilation=dilation, pool_every=pool_every,
+        )
+
+
+MODELS: dict[str, type[_Model]] = {m.name: m for m in (LinearClassifier, MLP, SmallCNN, ModernCNN, ConvStack)}
 
 
 def create_model(name: str, in_channels: int = 1, num_classes: int = 10, **kwargs) -> _Model:

@@ -23,6 +23,8 @@ __all__ = [
     "plot_shift_curve",
     "show_prediction",
     "show_mistakes",
+    "show_convolution",
+    "show_receptive_field",
 ]
 
 
@@ -188,3 +190,66 @@ def show_mistakes(data: ImageSet, probs: Tensor, *, k: int = 16, ncols: int = 8)
     short = [c.split(" - ")[0] for c in data.classes]
     titles = [f"{short[int(data.y[i])]}→{short[int(probs[i].argmax())]} {float(probs[i].max()):.0%}" for i in index]
     return show_images(data, index.tolist(), titles=titles, ncols=ncols)
+
+
+def show_convolution(image: Tensor, kernel: Tensor, fmap: Tensor, *, axes: Sequence[Axes] | None = None) -> Figure:
+    """Input image, kernel and feature map side by side; kernel and map share a diverging scale
+    (red positive, blue negative) so the sign of every response is visible."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), width_ratios=[1, 0.8, 1])
+    fig = axes[0].figure
+    axes[0].imshow(image.float().cpu().reshape(image.shape[-2:]).numpy(), cmap="gray_r", vmin=0, vmax=1)
+    axes[0].set_title(f"input {tuple(image.shape[-2:])}", fontsize=9)
+    k = kernel.float().cpu()
+    klim = max(float(k.abs().max()), 1e-6)
+    axes[1].imshow(k.numpy(), cmap="RdBu_r", vmin=-klim, vmax=klim)
+    for (i, j), v in zip(torch.cartesian_prod(torch.arange(k.shape[0]), torch.arange(k.shape[1])).tolist(), k.flatten().tolist()):
+        axes[1].text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7,
+                     color="white" if abs(v) > 0.6 * klim else "black")
+    axes[1].set_title(f"kernel {k.shape[0]}x{k.shape[1]}", fontsize=9)
+    f = fmap.float().cpu()
+    flim = max(float(f.abs().max()), 1e-6)
+    axes[2].imshow(f.numpy(), cmap="RdBu_r", vmin=-flim, vmax=flim)
+    axes[2].set_title(f"feature map {tuple(f.shape)}", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def show_receptive_field(
+    image: Tensor,
+    region: tuple[slice, slice],
+    erf: Tensor | None = None,
+    *,
+    axes: Sequence[Axes] | None = None,
+    title: str = "",
+) -> Figure:
+    """A digit with a unit's theoretical receptive field drawn as a box, and (if given) the
+    effective receptive field as a heat map with the same box."""
+    from matplotlib.patches import Rectangle
+
+    n = 1 if erf is None else 2
+    if axes is None:
+        fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.4))
+        axes = [axes] if n == 1 else axes
+    fig = axes[0].figure
+    rows, cols = region
+
+    def box():
+        return Rectangle((cols.start - 0.5, rows.start - 0.5), cols.stop - cols.start, rows.stop - rows.start,
+                         fill=False, ec="tab:orange", lw=2)
+
+    axes[0].imshow(image.float().cpu().reshape(image.shape[-2:]).numpy(), cmap="gray_r", vmin=0, vmax=1)
+    axes[0].add_patch(box())
+    axes[0].set_title(title or "theoretical receptive field", fontsize=9)
+    if erf is not None:
+        axes[1].imshow(erf.numpy(), cmap="magma")
+        axes[1].add_patch(box())
+        axes[1].set_title("effective: |d unit / d input|", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig

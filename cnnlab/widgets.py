@@ -11,12 +11,22 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from cnnlab.conv import KERNEL_PRESETS, apply_kernel, conv_layer_summary, kernel_preset, parse_kernel
 from cnnlab.data import ImageSet
+from cnnlab.receptive_field import RFLayer, effective_receptive_field, receptive_fields
 from cnnlab.train import predict
 from cnnlab.transforms import transform_digit
-from cnnlab.viz import show_prediction
+from cnnlab.viz import show_convolution, show_prediction, show_receptive_field
 
-__all__ = ["explore_transform", "shift_explorer", "as_named_models"]
+__all__ = [
+    "as_named_models",
+    "explore_transform",
+    "shift_explorer",
+    "kernel_playground",
+    "shape_calculator",
+    "receptive_field_view",
+    "receptive_field_explorer",
+]
 
 
 def as_named_models(models: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module]) -> dict[str, nn.Module]:
@@ -105,5 +115,197 @@ def shift_explorer(
         c.observe(update, names="value")
     update()
     box = widgets.VBox([widgets.HBox(list(controls.values())[:3]), widgets.HBox(list(controls.values())[3:]), summary, image])
+    box.controls, box.image, box.summary = controls, image, summary
+    return box
+
+
+def _error_html(err: Exception) -> str:
+    return f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+
+
+def kernel_playground(data: ImageSet, index: int = 0, size: int = 3, preset: str = "Sobel x (vertical edges)") -> widgets.VBox:
+    """Edit a 3x3 or 5x5 kernel (or pick a preset), choose a digit, stride and padding, and see the
+    feature map update. Typed-in nonsense gives a message and keeps the last picture.
+
+    The box exposes ``.cells`` (the kernel's text cells, row by row), ``.controls``, ``.image``
+    and ``.status`` for tests.
+    """
+    controls = {
+        "size": widgets.ToggleButtons(options=[3, 5], value=size, description="kernel"),
+        "preset": widgets.Dropdown(options=list(KERNEL_PRESETS), value=preset, description="preset"),
+        "index": widgets.BoundedIntText(value=index, min=0, max=len(data) - 1, description="digit #"),
+        "stride": widgets.IntSlider(value=1, min=1, max=3, description="stride"),
+        "padding": widgets.IntSlider(value=0, min=0, max=2, description="padding"),
+    }
+    grid = widgets.GridBox(layout=widgets.Layout(grid_template_columns="repeat(5, 64px)", grid_gap="2px"))
+    image = widgets.Image(format="png")
+    status = widgets.HTML()
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 3, width_ratios=[1, 0.8, 1])
+    box = widgets.VBox()
+    box.cells, filling = [], [False]
+
+    def update(_change=None) -> None:
+        if filling[0]:
+            return
+        stride, padding = controls["stride"].value, controls["padding"].value
+        try:
+            kernel = parse_kernel([[c.value for c in row] for row in box.cells])
+            raw = data.denormalize(data.x[controls["index"].value].cpu())
+            fmap = apply_kernel(raw, kernel, stride, padding)
+        except ValueError as err:
+            status.value = _error_html(err)
+            return
+        for ax in axes:
+            ax.clear()
+        show_convolution(raw, kernel, fmap, axes=axes)
+        image.value = _render(fig)
+        k, h = kernel.shape[0], raw.shape[-1]
+        status.value = (f"output size: floor(({h} + 2·{padding} − {k}) / {stride}) + 1 = <b>{fmap.shape[-1]}</b>; "
+                        f"response range {float(fmap.min()):.2f} … {float(fmap.max()):.2f}")
+
+    def fill_cells(_change=None) -> None:
+        k = kernel_preset(controls["preset"].value, controls["size"].value)
+        if len(box.cells) != k.shape[0]:
+            box.cells = [[widgets.Text(layout=widgets.Layout(width="62px"), continuous_update=False)
+                          for _ in range(k.shape[1])] for _ in range(k.shape[0])]
+            for cell in (c for row in box.cells for c in row):
+                cell.observe(update, names="value")
+            grid.layout.grid_template_columns = f"repeat({k.shape[1]}, 64px)"
+            grid.children = [c for row in box.cells for c in row]
+        filling[0] = True
+        for row, values in zip(box.cells, k.tolist()):
+            for cell, v in zip(row, values):
+                cell.value = f"{v:.4g}"
+        filling[0] = False
+        update()
+
+    controls["size"].observe(fill_cells, names="value")
+    controls["preset"].observe(fill_cells, names="value")
+    for name in ("index", "stride", "padding"):
+        controls[name].observe(update, names="value")
+    fill_cells()
+    box.children = [
+        widgets.HBox([controls["size"], controls["preset"]]),
+        widgets.HBox([widgets.VBox([widgets.HTML("<b>kernel</b> (type a number, press Enter)"), grid]),
+                      widgets.VBox([controls["index"], controls["stride"], controls["padding"]])]),
+        status,
+        image,
+    ]
+    box.controls, box.image, box.status = controls, image, status
+    return box
+
+
+def shape_calculator() -> widgets.VBox:
+    """Set a convolution's input shape and hyper-parameters; read its output shape and parameter count."""
+    names = [("c_in", 1), ("h", 28), ("w", 28), ("c_out", 32), ("kernel", 3), ("stride", 1), ("padding", 0), ("dilation", 1)]
+    controls = {n: widgets.BoundedIntText(value=v, min=0, max=4096, description=n, layout=widgets.Layout(width="160px"))
+                for n, v in names}
+    result = widgets.HTML()
+
+    def update(_change=None) -> None:
+        values = {n: c.value for n, c in controls.items()}
+        try:
+            s = conv_layer_summary(**values)
+        except ValueError as err:
+            result.value = _error_html(err)
+            return
+        v = values
+        result.value = (
+            f"({v['c_in']}, {v['h']}, {v['w']}) → Conv2d({v['c_in']}, {v['c_out']}, {v['kernel']}, stride={v['stride']}, "
+            f"padding={v['padding']}, dilation={v['dilation']}) → <b>{s['output']}</b><br>"
+            f"parameters: {v['c_out']}·{v['c_in']}·{v['kernel']}·{v['kernel']} weights + {v['c_out']} biases = "
+            f"<b>{s['parameters']:,}</b> (whatever the image size); multiply-adds: {s['multiply_adds']:,}"
+        )
+
+    for c in controls.values():
+        c.observe(update, names="value")
+    update()
+    box = widgets.VBox([widgets.HBox(list(controls.values())[:4]), widgets.HBox(list(controls.values())[4:]), result])
+    box.controls, box.result = controls, result
+    return box
+
+
+def receptive_field_view(model: nn.Module, layer: str, unit: tuple[int, int], x: Tensor) -> tuple[RFLayer, tuple[slice, slice], Tensor]:
+    """A unit's theoretical receptive field (its layer's row and the clipped input region) and
+    its effective receptive field averaged over the images ``x``."""
+    rows = {r.name: r for r in receptive_fields(model, tuple(x.shape[1:]))}
+    if layer not in rows:
+        raise ValueError(f"{layer!r} is not a spatial layer; choose one of {list(rows)}")
+    row = rows[layer]
+    region = row.region(unit, tuple(x.shape[-2:]))
+    return row, region, effective_receptive_field(model, layer, x, unit)
+
+
+def receptive_field_explorer(models: Mapping[str, nn.Module], data: ImageSet, *, images: int = 64) -> widgets.VBox:
+    """Pick a model, a layer and a unit: its theoretical receptive field is drawn on a digit, its
+    effective one (averaged over ``images`` test digits) as a heat map beside it."""
+    named = as_named_models(models)
+    x = data.x[:images].cpu()
+    first = next(iter(named.values()))
+    controls = {
+        "model": widgets.Dropdown(options=list(named), description="model"),
+        "layer": widgets.Dropdown(options=[r.name for r in receptive_fields(first, tuple(x.shape[1:]))], description="layer"),
+    }
+    controls["layer"].value = controls["layer"].options[-1]  # the deepest layer: the largest field
+    controls |= {
+        "row": widgets.IntSlider(value=0, min=0, max=0, description="unit row"),
+        "col": widgets.IntSlider(value=0, min=0, max=0, description="unit col"),
+        "index": widgets.BoundedIntText(value=0, min=0, max=len(data) - 1, description="digit #"),
+    }
+    image = widgets.Image(format="png")
+    summary = widgets.HTML()
+    fig = Figure(figsize=(7, 3.5))
+    axes = fig.subplots(1, 2)
+    busy = [False]
+
+    def update(_change=None) -> None:
+        if busy[0]:
+            return
+        model = named[controls["model"].value]
+        unit = (controls["row"].value, controls["col"].value)
+        try:
+            row, region, erf = receptive_field_view(model, controls["layer"].value, unit, x)
+        except ValueError as err:
+            summary.value = _error_html(err)
+            return
+        for ax in axes:
+            ax.clear()
+        digit = data.denormalize(data.x[controls["index"].value].cpu())
+        show_receptive_field(digit, region, erf, axes=axes, title=f"{row.name}, unit {unit}")
+        image.value = _render(fig)
+        summary.value = (f"<b>{row.name}</b>: output {row.out_shape}; receptive field <b>{row.size[0]}×{row.size[1]}</b>, "
+                         f"jump {row.jump[0]}; unit {unit} sees rows {region[0].start}–{region[0].stop - 1}, "
+                         f"columns {region[1].start}–{region[1].stop - 1}")
+
+    def set_layers(_change=None) -> None:
+        busy[0] = True
+        model = named[controls["model"].value]
+        layers = [r.name for r in receptive_fields(model, tuple(x.shape[1:]))]
+        if controls["layer"].value not in layers:
+            controls["layer"].options = layers
+            controls["layer"].value = layers[-1]
+        else:
+            controls["layer"].options = layers
+        busy[0] = False
+        set_units()
+
+    def set_units(_change=None) -> None:
+        busy[0] = True
+        rows = {r.name: r for r in receptive_fields(named[controls["model"].value], tuple(x.shape[1:]))}
+        _, h, w = rows[controls["layer"].value].out_shape
+        for name, n in (("row", h), ("col", w)):
+            controls[name].max = n - 1
+            controls[name].value = (n - 1) // 2
+        busy[0] = False
+        update()
+
+    controls["model"].observe(set_layers, names="value")
+    controls["layer"].observe(set_units, names="value")
+    for name in ("row", "col", "index"):
+        controls[name].observe(update, names="value")
+    set_layers()
+    box = widgets.VBox([widgets.HBox([controls["model"], controls["layer"], controls["index"]]),
+                        widgets.HBox([controls["row"], controls["col"]]), summary, image])
     box.controls, box.image, box.summary = controls, image, summary
     return box

@@ -1,5 +1,7 @@
 """cnnlab.models: the seed's architecture exactly, computed sizes, the registry."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -33,7 +35,8 @@ def test_parameter_counts_of_the_baselines():
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("in_channels,size,classes", [(1, 28, 10), (3, 32, 7)])
 def test_every_model_maps_images_to_class_scores(name, in_channels, size, classes):
-    kwargs = {} if name == "modern-cnn" else {"image_size": size}
+    takes_size = "image_size" in inspect.signature(MODELS[name]).parameters
+    kwargs = {"image_size": size} if takes_size else {}
     model = create_model(name, in_channels, classes, **kwargs)
     assert model(torch.randn(4, in_channels, size, size)).shape == (4, classes)
     assert model.hparams["in_channels"] == in_channels and model.hparams["num_classes"] == classes

@@ -95,3 +95,69 @@ def test_series_settings_shrink_in_smoke_mode(monkeypatch):
     assert runs.series_settings("mlp")["epochs"] == runs.SERIES_SETTINGS["mlp"]["epochs"]
     monkeypatch.setenv("CNNLAB_SMOKE", "1")
     assert runs.series_settings("mlp")["epochs"] == 1
+
+
+def test_kernel_presets_and_apply_kernel():
+    from cnnlab.conv import KERNEL_PRESETS, apply_kernel, kernel_preset
+
+    for name in KERNEL_PRESETS:
+        for size in (3, 5):
+            assert kernel_preset(name, size).shape == (size, size)
+    assert kernel_preset("box blur", 5).sum().item() == pytest.approx(1)
+    img = torch.rand(28, 28)
+    assert torch.allclose(apply_kernel(img, kernel_preset("identity", 3), padding=1), img)
+    ramp = torch.arange(28.0).repeat(28, 1)  # brightness grows to the right: a vertical-edge everywhere
+    assert torch.allclose(apply_kernel(ramp, kernel_preset("Sobel x (vertical edges)")), torch.full((26, 26), 8.0))
+    assert torch.allclose(apply_kernel(ramp, kernel_preset("Sobel y (horizontal edges)")), torch.zeros(26, 26))
+    with pytest.raises(ValueError, match="unknown preset"):
+        kernel_preset("emboss")
+
+
+def test_kernel_playground_updates_and_explains_bad_values(mnist_small):
+    from cnnlab.widgets import kernel_playground
+
+    _, test = mnist_small
+    w = kernel_playground(test, index=3)
+    first = w.image.value
+    assert first[:4] == b"\x89PNG" and "<b>26</b>" in w.status.value
+    w.cells[1][1].value = "7"
+    assert w.image.value != first
+    before = w.image.value
+    for bad, message in (("", "is not a number"), ("nan", "not a number between"), ("1e99", "not a number between")):
+        w.cells[0][2].value = bad
+        assert message in w.status.value and w.image.value == before  # message, last picture kept
+    w.cells[0][2].value = "0"
+    w.controls["size"].value = 5
+    assert len(w.cells) == 5 and "<b>24</b>" in w.status.value
+    w.controls["stride"].value, w.controls["padding"].value = 2, 2
+    assert "<b>14</b>" in w.status.value
+    w.controls["preset"].value = "Gaussian"
+    assert float(w.cells[2][2].value) == pytest.approx(36 / 256, rel=1e-3)
+
+
+def test_shape_calculator_reports_shape_and_parameters():
+    from cnnlab.widgets import shape_calculator
+
+    c = shape_calculator()
+    assert "<b>(32, 26, 26)</b>" in c.result.value and "<b>320</b>" in c.result.value
+    for name, v in (("c_in", 32), ("c_out", 64), ("h", 26), ("w", 26)):
+        c.controls[name].value = v
+    assert "<b>(64, 24, 24)</b>" in c.result.value and "<b>18,496</b>" in c.result.value
+    c.controls["kernel"].value = 0
+    assert "kernel must be a whole number &gt;= 1" in c.result.value
+
+
+def test_receptive_field_explorer_moves_the_box(mnist_small):
+    from cnnlab.models import ConvStack, SmallCNN
+    from cnnlab.widgets import receptive_field_explorer
+
+    _, test = mnist_small
+    w = receptive_field_explorer({"small": SmallCNN(), "deep": ConvStack(depth=6, padding=1)}, test, images=8)
+    assert w.controls["layer"].value == "pool" and "receptive field <b>6×6</b>" in w.summary.value
+    first = w.image.value
+    w.controls["row"].value = 0
+    assert "sees rows 0–5" in w.summary.value and w.image.value != first
+    w.controls["model"].value = "deep"
+    assert w.controls["layer"].value == "conv6" and "<b>13×13</b>" in w.summary.value
+    w.controls["layer"].value = "conv2"
+    assert w.controls["row"].max == 27 and "<b>5×5</b>" in w.summary.value

@@ -1,0 +1,165 @@
+"""Receptive fields: the theoretical one from layer arithmetic, the effective one from gradients.
+
+For a chain of layers, along each axis, unit ``u`` of a layer sees input pixels
+``[start + u*jump, start + u*jump + size - 1]``. A layer with kernel ``k``, stride ``s``,
+padding ``p`` and dilation ``d`` updates these as
+
+    size  += (k - 1) * d * jump        start -= p * jump        jump *= s
+
+(starting from size 1, jump 1, start 0 at the input). Layers that act pixel by pixel (ReLU,
+BatchNorm, Dropout) change nothing. The *effective* receptive field is measured instead:
+how much each input pixel moves a unit, ``|d unit / d input|``, averaged over images.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from cnnlab.hooks import capture
+
+__all__ = [
+    "RFLayer",
+    "receptive_fields",
+    "input_region",
+    "effective_receptive_field",
+    "linearised",
+]
+
+_POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity,
+              nn.BatchNorm2d, nn.Dropout, nn.Dropout2d)
+
+
+@dataclass(frozen=True)
+class RFLayer:
+    """The receptive field of the units of one layer's output, per axis (rows, columns)."""
+
+    name: str
+    out_shape: tuple[int, int, int]  # (channels, H, W) of the layer's output
+    size: tuple[int, int]  # input pixels one unit sees, per axis
+    jump: tuple[int, int]  # input pixels between neighbouring units (the stride product)
+    start: tuple[int, int]  # first input pixel seen by unit 0 (negative: it reaches into the padding)
+
+    def region(self, unit: tuple[int, int], image_size: tuple[int, int] | None = None) -> tuple[slice, slice]:
+        """The input rows and columns unit ``(i, j)`` sees; clipped to ``image_size`` if given."""
+        out = []
+        for axis, u in enumerate(unit):
+            lo = self.start[axis] + u * self.jump[axis]
+            hi = lo + self.size[axis]
+            if image_size is not None:
+                lo, hi = max(lo, 0), min(hi, image_size[axis])
+            out.append(slice(lo, hi))
+        return tuple(out)
+
+
+def _params(layer: nn.Module):
+    def pair(v):
+        return (v, v) if isinstance(v, int) else tuple(v)
+
+    if isinstance(layer, nn.Conv2d):
+        return pair(layer.kernel_size), pair(layer.stride), pair(layer.padding), pair(layer.dilation)
+    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+        dilation = pair(getattr(layer, "dilation", 1))
+        return pair(layer.kernel_size), pair(layer.stride or layer.kernel_size), pair(layer.padding), dilation
+    return None
+
+
+def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if not list(m.children()) and name]
+
+
+def receptive_fields(model: nn.Module, input_shape: tuple[int, int, int] = (1, 28, 28)) -> list[RFLayer]:
+    """The theoretical receptive field after every spatial layer of ``model``, in order.
+
+    ``model`` is a chain of layers (an ``nn.Sequential``, nested ones included). The walk stops
+    at the first layer that mixes all positions (``Flatten``, ``Linear``, global pooling): from
+    there on every unit sees the whole input.
+    """
+    if isinstance(model, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
+        model = nn.Sequential(model)
+    size, jump, start = [1, 1], [1, 1], [0, 0]
+    rows = []
+    x = torch.zeros(1, *input_shape)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for name, layer in _leaves(model):
+                if isinstance(layer, (nn.Flatten, nn.Linear, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                    break
+                params = _params(layer)
+                if params is None and not isinstance(layer, _POINTWISE):
+                    raise TypeError(
+                        f"layer {name} ({type(layer).__name__}) is neither a convolution, a pooling layer nor "
+                        "pointwise; receptive_fields handles chains of those"
+                    )
+                x = layer(x)
+                if params is None:
+                    continue
+                (kh, kw), (sh, sw), (ph, pw), (dh, dw) = params
+                for axis, (k, s, p, d) in enumerate(((kh, sh, ph, dh), (kw, sw, pw, dw))):
+                    size[axis] += (k - 1) * d * jump[axis]
+                    start[axis] -= p * jump[axis]
+                    jump[axis] *= s
+                rows.append(RFLayer(name, tuple(x.shape[1:]), tuple(size), tuple(jump), tuple(start)))
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def input_region(model: nn.Module, layer: str, unit: tuple[int, int], input_shape=(1, 28, 28)) -> tuple[slice, slice]:
+    """The input rows and columns (clipped to the image) that unit ``(i, j)`` of ``layer`` sees."""
+    for row in receptive_fields(model, input_shape):
+        if row.name == layer:
+            return row.region(unit, input_shape[1:])
+    raise ValueError(f"{layer!r} is not a spatial layer of this model; choose one of "
+                     f"{[r.name for r in receptive_fields(model, input_shape)]}")
+
+
+def effective_receptive_field(
+    model: nn.Module,
+    layer: str,
+    x: Tensor,
+    unit: tuple[int, int],
+    channel: int | None = None,
+) -> Tensor:
+    """``|d unit / d input|`` averaged over the images ``x`` (B, C, H, W): an (H, W) map.
+
+    ``unit`` is the (row, column) of the unit in ``layer``'s output; ``channel`` picks one
+    channel (default: the sum over all channels).
+    """
+    device = next(model.parameters()).device
+    x = x.detach().to(device).requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    try:
+        with capture(model, [layer], detach=False) as acts:
+            model(x)
+        out = acts[layer]
+        i, j = unit
+        if not (0 <= i < out.shape[2] and 0 <= j < out.shape[3]):
+            raise ValueError(f"unit {unit} is outside {layer}'s {tuple(out.shape[2:])} output")
+        picked = out[:, :, i, j] if channel is None else out[:, channel, i, j]
+        (grad,) = torch.autograd.grad(picked.sum(), x)
+    finally:
+        model.train(was_training)
+    return grad.abs().sum(1).mean(0).cpu()  # over channels, then over images
+
+
+def linearised(model: nn.Module) -> nn.Module:
+    """A copy whose gradients show the theoretical receptive field exactly: ReLUs become the
+    identity, max-pools average-pools, and every weight is made positive, so no path cancels."""
+    lin = copy.deepcopy(model).float().eval()
+    for parent in lin.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, _POINTWISE) and not isinstance(child, nn.BatchNorm2d):
+                setattr(parent, name, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+    with torch.no_grad():
+        for p in lin.parameters():
+            p.copy_(p.abs() + 0.01)
+    return lin

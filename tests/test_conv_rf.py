@@ -1,0 +1,125 @@
+"""Oracle tests: hand-written convolutions against F.conv2d; receptive-field arithmetic against
+hand values and against gradients of linearised models."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.conv import conv2d_loops, conv2d_unfold, conv_output_size
+from cnnlab.hooks import capture, feature_maps
+from cnnlab.models import ConvStack, ModernCNN, SmallCNN
+from cnnlab.receptive_field import effective_receptive_field, input_region, linearised, receptive_fields
+
+CASES = [
+    dict(),
+    dict(padding=1),
+    dict(stride=2),
+    dict(stride=2, padding=2),
+    dict(dilation=2),
+    dict(dilation=2, padding=1, stride=3),
+    dict(stride=(1, 2), padding=(0, 1)),
+]
+
+
+@pytest.mark.parametrize("kwargs", CASES)
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("impl", [conv2d_loops, conv2d_unfold])
+def test_hand_written_conv_equals_conv2d(impl, k, kwargs):
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(2, 3, 11, 13, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, k, k, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    expected = F.conv2d(x, w, b, **kwargs)
+    got = impl(x, w, b, **kwargs)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected)
+
+
+def test_output_size_formula_and_a_kernel_too_big():
+    assert conv_output_size(28, 3) == 26 and conv_output_size(28, 3, padding=1) == 28
+    assert conv_output_size(28, 3, stride=2, padding=1) == 14 and conv_output_size(28, 3, dilation=2) == 24
+    with pytest.raises(ValueError, match="does not fit"):
+        conv_output_size(4, 3, dilation=3)
+
+
+def test_small_cnn_receptive_fields_by_hand():
+    rows = receptive_fields(SmallCNN())
+    assert [(r.name, r.size[0], r.jump[0], r.start[0]) for r in rows] == [
+        ("conv1", 3, 1, 0), ("conv2", 5, 1, 0), ("pool", 6, 2, 0)]
+    assert input_region(SmallCNN(), "pool", (3, 4)) == (slice(6, 12), slice(8, 14))
+
+
+def test_padding_reaches_outside_the_image_and_regions_are_clipped():
+    stack = ConvStack(depth=2, padding=1)
+    last = receptive_fields(stack)[-1]
+    assert last.size == (5, 5) and last.start == (-2, -2)
+    assert last.region((0, 0), (28, 28)) == (slice(0, 3), slice(0, 3))
+
+
+STACKS = {
+    "small-cnn": SmallCNN(),
+    "modern-cnn": ModernCNN(width=4),
+    "2 convs": ConvStack(depth=2),
+    "4 convs, padded": ConvStack(depth=4, padding=1),
+    "8 convs, padded": ConvStack(depth=8, padding=1),
+    "4 convs, pool every 2": ConvStack(depth=4, padding=1, pool_every=2),
+    "4 convs, stride 2": ConvStack(depth=4, padding=1, stride=2),
+    "3 convs, dilation 2": ConvStack(depth=3, padding=2, dilation=2),
+}
+
+
+@pytest.mark.parametrize("name", list(STACKS))
+def test_theory_equals_the_gradient_of_a_linearised_model(name):
+    """With ReLUs removed, max-pools averaged and weights positive, no gradient path can cancel:
+    the input pixels with non-zero gradient span exactly the theoretical region, for every layer."""
+    model = STACKS[name]
+    lin = linearised(model)
+    x = torch.randn(1, 1, 28, 28)
+    for row in receptive_fields(model):
+        _, h, w = row.out_shape
+        for unit in {(0, 0), (h // 2, w // 3), (h - 1, w - 1)}:
+            grad = effective_receptive_field(lin, row.name, x, unit)
+            nz = (grad != 0).nonzero()
+            span = (slice(int(nz[:, 0].min()), int(nz[:, 0].max()) + 1), slice(int(nz[:, 1].min()), int(nz[:, 1].max()) + 1))
+            expected = row.region(unit, (28, 28))
+            assert span == expected, f"{name} {row.name} unit {unit}"
+            if "dilation" not in name:  # dilated kernels skip pixels inside their span
+                assert (grad[expected] != 0).all()
+
+
+def test_effective_rf_is_concentrated_in_the_centre():
+    torch.manual_seed(0)
+    model = ConvStack(depth=8, padding=1)
+    x = torch.randn(16, 1, 28, 28)
+    row = receptive_fields(model)[-1]
+    erf = effective_receptive_field(model, row.name, x, (14, 14))
+    region = erf[row.region((14, 14), (28, 28))]
+    centre = erf[12:17, 12:17].sum() / erf.sum()
+    assert centre > 25 / region.numel()  # more than its share of the theoretical region
+    with pytest.raises(ValueError, match="outside"):
+        effective_receptive_field(model, row.name, x, (40, 0))
+
+
+def test_capture_always_removes_its_hooks():
+    model = SmallCNN()
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            with capture(model, ["conv1", "pool"]) as acts:
+                model(torch.zeros(1, 1, 28, 28))
+                assert acts["conv1"].shape == (1, 32, 26, 26)
+                raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in model.modules())
+    assert feature_maps(model, torch.zeros(2, 1, 28, 28), "conv2").shape == (2, 64, 24, 24)
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(ValueError, match="no layer named"):
+        feature_maps(model, torch.zeros(1, 1, 28, 28), "conv9")
+
+
+def test_unsupported_layers_are_named():
+    class Odd(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="Odd"):
+        receptive_fields(nn.Sequential(nn.Conv2d(1, 2, 3), Odd()))

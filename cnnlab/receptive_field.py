@@ -27,6 +27,7 @@ __all__ = [
     "input_region",
     "effective_receptive_field",
     "linearised",
+    "erf_extent",
 ]
 
 _POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity,
@@ -147,6 +148,20 @@ def effective_receptive_field(
     finally:
         model.train(was_training)
     return grad.abs().sum(1).mean(0).cpu()  # over channels, then over images
+
+
+def erf_extent(erf: Tensor, centre: tuple[int, int], fraction: float = 0.9) -> int:
+    """Side of the smallest square around ``centre`` that holds ``fraction`` of the map's total:
+    how wide the effective receptive field really is."""
+    total = float(erf.sum())
+    if total <= 0:
+        return 0
+    ci, cj = centre
+    for half in range(max(erf.shape)):
+        inside = erf[max(ci - half, 0) : ci + half + 1, max(cj - half, 0) : cj + half + 1].sum()
+        if float(inside) >= fraction * total:
+            return 2 * half + 1
+    return 2 * max(erf.shape) + 1
 
 
 def linearised(model: nn.Module) -> nn.Module:

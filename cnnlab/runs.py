@@ -27,6 +27,7 @@ __all__ = ["SERIES_SETTINGS", "series_settings", "run_path", "save_run", "load_o
 SERIES_SETTINGS: dict[str, dict] = {
     "linear": {"epochs": 5},
     "mlp": {"epochs": 10},
+    "conv-stack-8": {"epochs": 2},
 }
 
 

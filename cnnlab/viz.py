@@ -25,6 +25,8 @@ __all__ = [
     "show_mistakes",
     "show_convolution",
     "show_receptive_field",
+    "show_maps",
+    "plot_rf_growth",
 ]
 
 
@@ -253,3 +255,37 @@ def show_receptive_field(
         ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+def show_maps(maps: Mapping[str, Tensor], *, size: float = 2.6) -> Figure:
+    """2-D maps side by side, each titled with its name and shape (e.g. a feature map before and
+    after pooling). Maps with negative values get a diverging scale centred on zero."""
+    fig, axes = plt.subplots(1, len(maps), figsize=(size * len(maps), size * 1.1), squeeze=False)
+    for ax, (name, m) in zip(axes[0], maps.items()):
+        m = m.detach().float().cpu()
+        if m.min() < 0:
+            limit = float(m.abs().max())
+            ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        else:
+            ax.imshow(m.numpy(), cmap="gray_r")
+        ax.set_title(f"{name}\n{tuple(m.shape)}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def plot_rf_growth(stacks: Mapping[str, Sequence[int]], *, ax: Axes | None = None, image_size: int = 28) -> Axes:
+    """Receptive-field size against the number of conv layers, one line per kind of stack
+    (``stacks`` maps a name to the RF size after each conv layer)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6))
+    for name, sizes in stacks.items():
+        ax.plot(range(1, len(sizes) + 1), sizes, marker="o", label=name)
+    ax.axhline(image_size, color="gray", ls=":", lw=1)
+    ax.text(1, image_size + 1, f"the whole {image_size}x{image_size} image", fontsize=8, color="gray")
+    ax.set(xlabel="conv layers", ylabel="receptive field (pixels per side)", title="receptive field grows with depth")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

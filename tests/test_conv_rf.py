@@ -123,3 +123,15 @@ def test_unsupported_layers_are_named():
 
     with pytest.raises(TypeError, match="Odd"):
         receptive_fields(nn.Sequential(nn.Conv2d(1, 2, 3), Odd()))
+
+
+def test_erf_extent_measures_the_square_holding_most_of_the_mass():
+    from cnnlab.receptive_field import erf_extent
+
+    erf = torch.zeros(11, 11)
+    erf[5, 5] = 8
+    erf[3:8, 3:8] += 0.08  # 25 cells: total 8 + 2 = 10
+    assert erf_extent(erf, (5, 5), 0.8) == 1
+    assert erf_extent(erf, (5, 5), 0.85) == 3  # 8 + 9 * 0.08 = 8.72 of 10
+    assert erf_extent(erf, (5, 5), 0.9) == 5  # 8.72 < 9: the whole 5x5 is needed
+    assert erf_extent(torch.zeros(5, 5), (2, 2)) == 0

@@ -4,7 +4,8 @@
 
 The loop body is the textbook one (``for xb, yb in batches: loss.backward(); opt.step()``).
 Callbacks see one small :class:`LoopState` at five events: ``before_fit``, ``before_epoch``,
-``after_batch``, ``after_epoch``, ``after_fit``. A callback raises :class:`StopTraining` to end
+``after_batch``, ``after_epoch``, ``after_fit`` (which always runs, so callbacks can clean up).
+A callback raises :class:`StopTraining` to end
 training early; Ctrl-C (the notebook's stop button) finishes the current batch and ends
 training the same way. Either way ``fit`` returns the model trained so far and its history.
 """
@@ -335,11 +336,11 @@ def fit(
         history.stopped = "callback"
     except KeyboardInterrupt:
         history.stopped = "interrupt"
-    finally:
+    finally:  # after_fit runs even when training fails, so callbacks can always clean up
         bar.close()
         model.eval()
         history.seconds = time.perf_counter() - state.started
-    run("after_fit")
+        run("after_fit")
     return history
 
 

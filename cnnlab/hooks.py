@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["capture", "feature_maps", "layer_names"]
+__all__ = ["capture", "feature_maps", "layer_names", "spatial_layers", "channel_maxima", "top_activating"]
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -57,3 +57,44 @@ def feature_maps(model: nn.Module, x: Tensor, layer: str) -> Tensor:
     finally:
         model.train(was_training)
     return acts[layer].float().cpu()
+
+
+@torch.no_grad()
+def spatial_layers(model: nn.Module, input_shape: tuple[int, ...] = (1, 28, 28)) -> dict[str, tuple[int, int, int]]:
+    """The leaf layers whose output is a stack of feature maps, in order: ``{name: (C, H, W)}``."""
+    leaves = [name for name, m in model.named_modules() if name and not list(m.children())]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with capture(model, leaves) as acts:
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+    return {name: tuple(acts[name].shape[1:]) for name in leaves if acts[name].dim() == 4}
+
+
+@torch.no_grad()
+def channel_maxima(model: nn.Module, x: Tensor, layer: str, *, batch_size: int = 500) -> Tensor:
+    """The strongest response of every channel of ``layer`` to each image: (N, C)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with capture(model, [layer]) as acts:
+            for i in range(0, len(x), batch_size):
+                model(x[i : i + batch_size].to(device))
+                out.append(acts[layer].float().amax((2, 3)).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def top_activating(maxima: Tensor, channel: int, k: int = 9) -> tuple[Tensor, Tensor]:
+    """Indices and peak values of the ``k`` images that excite ``channel`` most, from
+    :func:`channel_maxima`'s (N, C) table."""
+    if not 0 <= channel < maxima.shape[1]:
+        raise ValueError(f"channel must be from 0 to {maxima.shape[1] - 1}, got {channel}")
+    values, index = maxima[:, channel].topk(min(k, len(maxima)))
+    return index, values

@@ -143,6 +143,7 @@ class LoopState:
     xb: Tensor | None = None
     yb: Tensor | None = None
     loss: Tensor | None = None  # the last batch's loss (a device tensor: .item() syncs)
+    logits: Tensor | None = None  # the last batch's outputs (B, classes)
     started: float = 0.0  # time.perf_counter() at the start of fit
 
 
@@ -304,7 +305,7 @@ def fit(
                     loss_sum += loss.detach() * len(yb)
                     correct += (logits.argmax(1) == yb).sum()
                     state.step += 1
-                    state.xb, state.yb, state.loss = xb, yb, loss
+                    state.xb, state.yb, state.loss, state.logits = xb, yb, loss, logits.detach()
                     run("after_batch")
                     bar.update()
                     if interrupted.is_set():

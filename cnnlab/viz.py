@@ -27,6 +27,11 @@ __all__ = [
     "show_receptive_field",
     "show_maps",
     "plot_rf_growth",
+    "tile",
+    "show_filters",
+    "show_feature_maps",
+    "show_top_activations",
+    "show_saliency",
 ]
 
 
@@ -289,3 +294,105 @@ def plot_rf_growth(stacks: Mapping[str, Sequence[int]], *, ax: Axes | None = Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax
+
+
+def _columns(n: int) -> int:
+    """Columns for a grid of n maps: 8 for multiples of 8 (32 -> 4x8, 64 -> 8x8), else about square."""
+    return 8 if n >= 16 and n % 8 == 0 else math.ceil(math.sqrt(n))
+
+
+def tile(maps: Tensor, ncols: int | None = None, *, normalize: bool = False) -> Tensor:
+    """Lay ``maps`` (C, H, W) out as one (rows*(H+1)-1, ncols*(W+1)-1) image with NaN gaps between
+    them (drawn blank). ``normalize`` scales each map by its own largest absolute value, so weak
+    channels stay visible."""
+    maps = maps.detach().float().cpu()
+    c, h, w = maps.shape
+    if normalize:
+        maps = maps / maps.flatten(1).abs().amax(1).clamp(min=1e-8)[:, None, None]
+    ncols = ncols or _columns(c)
+    nrows = math.ceil(c / ncols)
+    out = torch.full((nrows * (h + 1) - 1, ncols * (w + 1) - 1), float("nan"))
+    for k in range(c):
+        r, q = divmod(k, ncols)
+        out[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = maps[k]
+    return out
+
+
+def _diverging(ax: Axes, image: Tensor, limit: float | None = None):
+    limit = limit or max(float(torch.nan_to_num(image).abs().max()), 1e-8)
+    im = ax.imshow(image.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def show_filters(weight: Tensor, *, ax: Axes | None = None, ncols: int = 8, title: str = "") -> Axes:
+    """A conv layer's filters (C_out, C_in, k, k) as a grid of k x k images on one diverging scale
+    (red: the filter adds that pixel, blue: subtracts it). Multi-channel filters show input channel 0."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(ncols * 0.45, math.ceil(weight.shape[0] / ncols) * 0.45 + 0.4))
+    w = weight.detach().float().cpu()
+    _diverging(ax, tile(w[:, 0], ncols))
+    ax.set_title(title or f"{w.shape[0]} filters, {w.shape[2]}x{w.shape[3]}", fontsize=9)
+    return ax
+
+
+def show_feature_maps(
+    maps: Tensor,
+    *,
+    ax: Axes | None = None,
+    ncols: int | None = None,
+    title: str = "",
+    highlight: int | None = None,
+) -> Axes:
+    """Every channel of one image's feature maps (C, H, W) in a grid, each scaled to its own range;
+    ``highlight`` outlines one channel."""
+    from matplotlib.patches import Rectangle
+
+    c, h, w = maps.shape
+    ncols = ncols or _columns(c)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5 * math.ceil(c / ncols) / ncols + 0.4))
+    _diverging(ax, tile(maps, ncols, normalize=True), 1.0)
+    if highlight is not None:
+        r, q = divmod(highlight, ncols)
+        ax.add_patch(Rectangle((q * (w + 1) - 1, r * (h + 1) - 1), w + 1, h + 1, fill=False, ec="gold", lw=2))
+    ax.set_title(title or f"{c} feature maps, {h}x{w}", fontsize=9)
+    return ax
+
+
+def show_top_activations(data: ImageSet, index: Sequence[int], values: Sequence[float], *, axes: Sequence[Axes] | None = None,
+                         title: str = "") -> Figure:
+    """The images that excite one channel most, each titled with its peak activation."""
+    if axes is None:
+        fig, axes = plt.subplots(1, len(index), figsize=(1.2 * len(index), 1.5))
+    fig = axes[0].figure
+    for ax in axes:
+        ax.axis("off")
+    for ax, i, v in zip(axes, index, values):
+        ax.imshow(data.denormalize(data.x[int(i)].float().cpu())[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"{v:.2f}", fontsize=8)
+    if title:
+        axes[0].set_title(f"{title}\n{values[0]:.2f}", fontsize=8, loc="left")
+    return fig
+
+
+def show_saliency(image: Tensor, maps: Mapping[str, Tensor], *, axes: Sequence[Axes] | None = None, title: str = "") -> Figure:
+    """An image (1, H, W) in [0, 1] beside each saliency map (H, W) laid over it as a heat map."""
+    n = len(maps) + 1
+    if axes is None:
+        fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 2.9))
+    fig = axes[0].figure
+    gray = image.float().cpu().reshape(image.shape[-2:]).numpy()
+    axes[0].imshow(gray, cmap="gray_r", vmin=0, vmax=1)
+    axes[0].set_title(title or "input", fontsize=9)
+    for ax, (name, m) in zip(axes[1:], maps.items()):
+        m = m.detach().float().cpu()
+        ax.imshow(gray, cmap="gray_r", vmin=0, vmax=1)
+        ax.imshow((m / m.max().clamp(min=1e-12)).numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig

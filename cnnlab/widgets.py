@@ -13,10 +13,18 @@ from torch import Tensor, nn
 
 from cnnlab.conv import KERNEL_PRESETS, apply_kernel, conv_layer_summary, kernel_preset, parse_kernel
 from cnnlab.data import ImageSet
+from cnnlab.hooks import channel_maxima, feature_maps, spatial_layers, top_activating
 from cnnlab.receptive_field import RFLayer, effective_receptive_field, receptive_fields
 from cnnlab.train import predict
 from cnnlab.transforms import transform_digit
-from cnnlab.viz import show_convolution, show_prediction, show_receptive_field
+from cnnlab.viz import (
+    show_convolution,
+    show_feature_maps,
+    show_filters,
+    show_prediction,
+    show_receptive_field,
+    tile,
+)
 
 __all__ = [
     "as_named_models",
@@ -26,6 +34,8 @@ __all__ = [
     "shape_calculator",
     "receptive_field_view",
     "receptive_field_explorer",
+    "feature_map_view",
+    "feature_map_explorer",
 ]
 
 
@@ -308,4 +318,121 @@ def receptive_field_explorer(models: Mapping[str, nn.Module], data: ImageSet, *,
     box = widgets.VBox([widgets.HBox([controls["model"], controls["layer"], controls["index"]]),
                         widgets.HBox([controls["row"], controls["col"]]), summary, image])
     box.controls, box.image, box.summary = controls, image, summary
+    return box
+
+
+def _filter_of(model: nn.Module, layer: str) -> tuple[str, Tensor] | None:
+    """The conv layer that makes ``layer``'s channels (itself, or the last conv before it) and its weights."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            last = (name, m.weight.detach().float().cpu())
+        if name == layer:
+            return last
+    return None
+
+
+def feature_map_view(model: nn.Module, x: Tensor, layer: str, channel: int) -> dict:
+    """Everything the feature-map explorer shows for one image ``x`` (C, H, W): the layer's maps
+    (C', H', W'), the chosen channel's map, and the filter that made it (``None`` before any conv)."""
+    layers = spatial_layers(model, tuple(x.shape))
+    if layer not in layers:
+        raise ValueError(f"{layer!r} has no feature maps; choose one of {list(layers)}")
+    if not isinstance(channel, int) or not 0 <= channel < layers[layer][0]:
+        raise ValueError(f"channel must be a whole number from 0 to {layers[layer][0] - 1}, got {channel!r}")
+    maps = feature_maps(model, x[None], layer)[0]
+    conv = _filter_of(model, layer)
+    return {"maps": maps, "map": maps[channel], "conv": conv[0] if conv else None,
+            "filter": conv[1][channel] if conv else None}
+
+
+def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, pool: int = 2000, drawing=None) -> widgets.VBox:
+    """Pick a digit, a layer and a channel: see all the layer's maps, the chosen one large beside
+    the filter that made it, and the ``pool`` test images' top 9 for that channel. With ``drawing``
+    (a :func:`cnnlab.drawing.drawing_pad`), its last digit can be explored too.
+
+    The box exposes ``.controls``, ``.image``, ``.top_image`` and ``.summary`` for tests.
+    """
+    x_pool = data.x[:pool].cpu()
+    layers = spatial_layers(model, tuple(data.x.shape[1:]))
+    controls = {
+        "index": widgets.BoundedIntText(value=index, min=0, max=len(data) - 1, description="digit #"),
+        "layer": widgets.Dropdown(options=list(layers), value=list(layers)[0], description="layer"),
+        "channel": widgets.IntSlider(value=0, min=0, max=layers[list(layers)[0]][0] - 1, description="channel"),
+    }
+    if drawing is not None:
+        controls["source"] = widgets.ToggleButtons(options=["test digit", "your drawing"], description="image")
+    image, top_image, summary = widgets.Image(format="png"), widgets.Image(format="png"), widgets.HTML()
+    fig = Figure(figsize=(10, 3.4))
+    axes = fig.subplots(1, 3, width_ratios=[1.3, 1, 1])
+    top_fig = Figure(figsize=(3.4, 3.6))
+    top_ax = top_fig.subplots()
+    maxima: dict[str, Tensor] = {}
+    busy = [False]
+
+    def current_image() -> Tensor:
+        if drawing is not None and controls["source"].value == "your drawing":
+            if drawing.digit is None:
+                raise ValueError("nothing drawn yet: draw a digit on the pad first")
+            return drawing.digit
+        return data.x[controls["index"].value].cpu()
+
+    def update(_change=None) -> None:
+        if busy[0]:
+            return
+        layer, channel = controls["layer"].value, controls["channel"].value
+        try:
+            view = feature_map_view(model, current_image(), layer, channel)
+        except ValueError as err:
+            summary.value = _error_html(err)
+            return
+        for ax in axes:
+            ax.clear()
+        show_feature_maps(view["maps"], ax=axes[0], highlight=channel, title=f"{layer}: all {len(view['maps'])} channels")
+        m = view["map"]
+        lim = max(float(m.abs().max()), 1e-8)
+        axes[1].imshow(m.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[1].set(xticks=[], yticks=[])
+        axes[1].set_title(f"channel {channel}, {tuple(m.shape)}; max {float(m.max()):.2f}", fontsize=9)
+        if view["filter"] is not None:
+            f = view["filter"]
+            show_filters(f[:, None], ax=axes[2], ncols=min(8, len(f)),
+                         title=f"its filter in {view['conv']}: {tuple(f.shape)}" if len(f) > 1 else f"its filter in {view['conv']}")
+        else:
+            axes[2].axis("off")
+        fig.tight_layout()
+        image.value = _render(fig)
+        summary.value = (f"<b>{html.escape(layer)}</b>, channel {channel}: a map of {m.shape[0]}×{m.shape[1]}. "
+                         "Red: the filter responds; blue: the opposite pattern (negative before the ReLU).")
+
+    def update_top(_change=None) -> None:
+        if busy[0]:
+            return
+        layer, channel = controls["layer"].value, controls["channel"].value
+        if layer not in maxima:
+            maxima[layer] = channel_maxima(model, x_pool, layer)
+        idx, values = top_activating(maxima[layer], channel, 9)
+        top_ax.clear()
+        top_ax.imshow(tile(data.denormalize(x_pool[idx])[:, 0], 3).numpy(), cmap="gray_r", vmin=0, vmax=1)
+        top_ax.set(xticks=[], yticks=[])
+        top_ax.set_title(f"top 9 of {len(x_pool):,} test digits for channel {channel}\n"
+                         f"peak responses {float(values[0]):.2f} … {float(values[-1]):.2f}", fontsize=9)
+        top_fig.tight_layout()
+        top_image.value = _render(top_fig)
+
+    def set_channels(_change=None) -> None:
+        busy[0] = True
+        controls["channel"].max = layers[controls["layer"].value][0] - 1
+        busy[0] = False
+        update()
+        update_top()
+
+    controls["layer"].observe(set_channels, names="value")
+    controls["channel"].observe(lambda _c: (update(), update_top()), names="value")
+    controls["index"].observe(update, names="value")
+    if drawing is not None:
+        controls["source"].observe(update, names="value")
+    set_channels()
+    box = widgets.VBox([widgets.HBox(list(controls.values())), summary, widgets.HBox([image, top_image])])
+    box.controls, box.image, box.top_image, box.summary = controls, image, top_image, summary
     return box

@@ -1,0 +1,336 @@
+"""Callbacks for ``fit`` that you watch: a live dashboard and a stop button. Model code never
+knows about them; ``fit`` runs the same with or without them.
+
+    dashboard = LiveDashboard(test_set)
+    history = fit(model, train_set, test_set, callbacks=[dashboard])
+
+In Jupyter the dashboard is one picture updated in place through a display handle (so the last
+frame stays in the saved notebook) and a stop button; anywhere else it draws the same frames
+without showing them, so tests can drive it.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import time
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from cnnlab.data import ImageSet
+from cnnlab.hooks import capture
+from cnnlab.train import Callback, LoopState, StopTraining, _use_amp
+from cnnlab.viz import show_feature_maps, show_filters
+
+__all__ = ["Every", "StopButton", "LiveDashboard", "in_notebook"]
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel, where display handles and widgets reach a browser."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class Every:
+    """A throttle: ``ready()`` is True at most once per ``seconds`` of wall time (and at least
+    ``steps`` calls apart), so work inside a training loop stays a small share of it."""
+
+    def __init__(self, seconds: float = 0.0, steps: int = 1):
+        if seconds < 0 or steps < 1:
+            raise ValueError(f"need seconds >= 0 and steps >= 1, got seconds={seconds}, steps={steps}")
+        self.seconds, self.steps = seconds, steps
+        self.reset()
+
+    def reset(self) -> None:
+        self._last_time, self._calls = time.perf_counter(), 0
+
+    def ready(self) -> bool:
+        self._calls += 1
+        now = time.perf_counter()
+        if self._calls >= self.steps and now - self._last_time >= self.seconds:
+            self._last_time, self._calls = now, 0
+            return True
+        return False
+
+
+class StopButton(Callback):
+    """A button that ends training after the current batch; ``fit`` returns the model and the
+    history so far. While training runs, button clicks are processed every ``poll_s`` seconds
+    (jupyter-ui-poll lets the busy kernel read them). ``request_stop()`` does the same from code."""
+
+    order = -10  # before other callbacks, so a stop is seen at once
+
+    def __init__(self, description: str = "stop training", poll_s: float = 0.2):
+        import ipywidgets as widgets
+
+        self.button = widgets.Button(description=description, icon="stop", button_style="danger")
+        self.button.on_click(lambda _button: self.request_stop())
+        self.requested = False
+        self.message = ""
+        self._poll_every = Every(poll_s)
+        self._handle = None
+        self._events = None  # the ui_events context while training runs in a kernel
+        self._poll = None
+
+    def request_stop(self) -> None:
+        self.requested = True
+        self.button.disabled = True
+        self.button.description = "stopping…"
+
+    def before_fit(self, state: LoopState) -> None:
+        self.requested, self.message = False, ""
+        self.button.disabled, self.button.description = False, "stop training"
+        if in_notebook():
+            from IPython.display import display
+            from jupyter_ui_poll import ui_events
+
+            self._handle = display(self.button, display_id=True)
+            self._events = ui_events()
+            self._poll = self._events.__enter__()
+
+    def after_batch(self, state: LoopState) -> None:
+        if self._poll is not None and self._poll_every.ready():
+            self._poll(20)  # handle up to 20 waiting widget messages (a click among them)
+        if self.requested:
+            raise StopTraining
+
+    def after_fit(self, state: LoopState) -> None:
+        if self._events is not None:
+            self._events.__exit__(None, None, None)
+            self._events = self._poll = None
+        h = state.history
+        if h.stopped == "callback" and self.requested:
+            self.message = (f"stopped by the button after {state.step:,} steps ({len(h.epochs)} full epochs); "
+                            "the model and its history are kept")
+        elif h.stopped == "interrupt":
+            self.message = f"interrupted after {state.step:,} steps; the model and its history are kept"
+        else:
+            self.message = f"finished: {len(h.epochs)} epochs, {state.step:,} steps"
+        self.button.disabled = True
+        if self._handle is not None:  # replace the button by text, so the saved notebook shows what happened
+            from IPython.display import HTML
+
+            self._handle.update(HTML(f"<i>{html.escape(self.message)}</i>"))
+            self._handle = None
+
+
+class LiveDashboard(Callback):
+    """Training watched live: loss and accuracy curves (train and test), the first conv layer's
+    filters, and the feature maps of one fixed digit for each conv layer, with images/s, elapsed
+    time and device, plus a :class:`StopButton`.
+
+    Frames are drawn at most every ``every_s`` seconds, and further apart if drawing would take
+    more than ``budget`` of the time (the dashboard times itself: ``seconds``, ``share``).
+    """
+
+    order = 20  # after the loop's own bookkeeping and any early-stopping callbacks
+
+    def __init__(
+        self,
+        data: ImageSet | None = None,
+        index: int = 0,
+        *,
+        layers: list[str] | None = None,
+        every_s: float = 2.0,
+        budget: float = 0.04,
+        stop_button: bool = True,
+        show: bool | None = None,
+    ):
+        if not 0 < budget < 1:
+            raise ValueError(f"budget is a share of training time between 0 and 1, got {budget}")
+        if data is not None and not 0 <= index < len(data):
+            raise ValueError(f"index must be from 0 to {len(data) - 1}, got {index}")
+        self.data, self.index, self.layers = data, index, layers
+        self.every_s, self.budget = every_s, budget
+        self.show = in_notebook() if show is None else show
+        self.stop = StopButton() if stop_button else None
+        self.frames = 0
+        self.png = b""  # the latest frame
+        self.seconds = 0.0  # time spent inside the dashboard
+        self.fit_seconds = 0.0  # wall time of the whole fit, set when it ends
+        self._started = time.perf_counter()
+        self.curves: dict[str, list[tuple[float, float]]] = {}
+        self._fig: Figure | None = None
+        self._handle = None
+
+    # ----- events -------------------------------------------------------------------------------
+    def before_fit(self, state: LoopState) -> None:
+        t0 = time.perf_counter()
+        self.frames, self.seconds, self.fit_seconds, self.png = 0, 0.0, 0.0, b""
+        self._bf16 = _use_amp(state.config, state.device)
+        self.curves = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+        self._reset_window(state)
+        self._next_at = t0 + self.every_s
+        model = state.model
+        convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        self._first_conv = dict(model.named_modules())[convs[0]] if convs else None
+        self._map_layers = self.layers if self.layers is not None else convs
+        if self.stop is not None:
+            self.stop.before_fit(state)
+        self._draw(state)
+        self.seconds += time.perf_counter() - t0
+
+    def after_batch(self, state: LoopState) -> None:
+        if self.stop is not None:
+            self.stop.after_batch(state)  # raises StopTraining when asked to
+        n = len(state.yb)
+        self._loss_sum += state.loss.detach().float() * n
+        self._correct += (state.logits.argmax(1) == state.yb).sum()
+        self._seen += n
+        if time.perf_counter() >= self._next_at:
+            self._frame(state)
+
+    def after_epoch(self, state: LoopState) -> None:
+        e = state.history.epochs[-1]
+        if "test_acc" in e:
+            self.curves["test_loss"].append((float(e["epoch"]), e["test_loss"]))
+            self.curves["test_acc"].append((float(e["epoch"]), e["test_acc"]))
+        # No frame of its own: the next one (within the throttle's wait) shows the new test point.
+
+    def after_fit(self, state: LoopState) -> None:
+        t0 = time.perf_counter()
+        try:
+            if self.stop is not None:
+                self.stop.after_fit(state)
+            if self._seen:
+                self._record_window(state)
+            self._draw(state, final=True)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.fit_seconds = time.perf_counter() - state.started
+            self._fig = None
+
+    @property
+    def share(self) -> float:
+        """The dashboard's time as a share of the wall time of the fit it watched (so far)."""
+        elapsed = self.fit_seconds or time.perf_counter() - self._started
+        return self.seconds / max(elapsed, 1e-9)
+
+    # ----- measuring and drawing ---------------------------------------------------------------------
+    def _reset_window(self, state: LoopState) -> None:
+        self._started = state.started
+        self._loss_sum = torch.zeros((), device=state.device)
+        self._correct = torch.zeros((), device=state.device, dtype=torch.long)
+        self._seen = 0
+        self._window_start = time.perf_counter()
+        self._window_images = 0
+        self._images_per_s = 0.0
+
+    def _record_window(self, state: LoopState) -> None:
+        x = state.step / state.steps_per_epoch  # in epochs
+        self.curves["train_loss"].append((x, self._loss_sum.item() / self._seen))
+        self.curves["train_acc"].append((x, self._correct.item() / self._seen))
+        now = time.perf_counter()
+        self._images_per_s = self._seen / max(now - self._window_start, 1e-9)
+        self._loss_sum.zero_()
+        self._correct.zero_()
+        self._seen = 0
+        self._window_start = now
+
+    def _frame(self, state: LoopState) -> None:
+        t0 = time.perf_counter()
+        if self._seen:
+            self._record_window(state)
+        self._draw(state)
+        spent = time.perf_counter() - t0
+        self.seconds += spent
+        # Keep drawing to about `budget` of the time: the next frame waits spent/budget at least.
+        self._next_at = time.perf_counter() + max(self.every_s, spent / self.budget)
+        self._window_start += spent  # images/s counts training time, not drawing time
+
+    @torch.no_grad()
+    def _maps(self, state: LoopState) -> dict[str, Tensor]:
+        if self.data is None or not self._map_layers:
+            return {}
+        model = state.model
+        was_training = model.training
+        model.eval()
+        try:
+            x = self.data.x[self.index : self.index + 1].to(state.device)
+            with capture(model, self._map_layers) as acts:
+                model(x)
+        finally:
+            model.train(was_training)
+        return {name: acts[name][0].float().cpu() for name in self._map_layers}
+
+    def _layout(self, n_maps: int) -> None:  # curves and filters above, the digit and its maps below
+        self._fig = Figure(figsize=(12, 6.6 if n_maps else 3.2))
+        grid = self._fig.add_gridspec(2 if n_maps else 1, max(3, n_maps + 1), height_ratios=[1, 1.35] if n_maps else None)
+        self._ax_loss = self._fig.add_subplot(grid[0, 0])
+        self._ax_acc = self._fig.add_subplot(grid[0, 1])
+        self._ax_filters = self._fig.add_subplot(grid[0, 2:])
+        self._ax_digit = self._fig.add_subplot(grid[1, 0]) if n_maps else None
+        self._ax_maps = [self._fig.add_subplot(grid[1, 1 + i]) for i in range(n_maps)]
+
+    def _draw(self, state: LoopState, final: bool = False) -> None:
+        maps = self._maps(state)
+        if self._fig is None:
+            self._layout(len(maps))
+        for ax in [self._ax_loss, self._ax_acc, self._ax_filters, self._ax_digit, *self._ax_maps]:
+            if ax is not None:
+                ax.clear()
+        self._draw_curves(state)
+        if self._first_conv is not None:
+            show_filters(self._first_conv.weight, ax=self._ax_filters, title="first-layer filters (input channel 0)")
+        else:
+            self._ax_filters.axis("off")
+        self._draw_status(state, final)
+        if maps:
+            digit = self.data.denormalize(self.data.x[self.index].float().cpu())
+            self._ax_digit.imshow(digit[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
+            self._ax_digit.set_title(f"test digit #{self.index}", fontsize=9)
+            self._ax_digit.set_xticks([])
+            self._ax_digit.set_yticks([])
+            for ax, (name, m) in zip(self._ax_maps, maps.items()):
+                show_feature_maps(m, ax=ax, title=f"{name}: {m.shape[0]} maps, {m.shape[1]}x{m.shape[2]}")
+        if self.frames == 0:
+            self._fig.tight_layout(rect=(0, 0, 1, 0.95))  # once: the layout does not change between frames
+        buf = io.BytesIO()
+        self._fig.savefig(buf, format="png", dpi=72, pil_kwargs={"compress_level": 1})
+        self.png = buf.getvalue()
+        self.frames += 1
+        if self.show:
+            from IPython.display import Image, display
+
+            if self._handle is None:
+                self._handle = display(Image(self.png), display_id=True)
+            else:
+                self._handle.update(Image(self.png))
+        if final:
+            self._handle = None
+
+    def _draw_curves(self, state: LoopState) -> None:
+        for ax, key, label in ((self._ax_loss, "loss", "cross-entropy loss"), (self._ax_acc, "acc", "accuracy (%)")):
+            scale = 100 if key == "acc" else 1
+            for split, style in (("train", "-"), ("test", "o--")):
+                points = self.curves[f"{split}_{key}"]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, [scale * y for y in ys], style, label=split, ms=4)
+            ax.set(xlabel="epoch", title=label, xlim=(0, state.config.epochs or 1))
+            ax.grid(alpha=0.3)
+            if self.curves[f"train_{key}"] or self.curves[f"test_{key}"]:
+                ax.legend(fontsize=8)
+            ax.tick_params(labelsize=8)
+        if self.curves["test_acc"]:
+            best = self.curves["test_acc"][-1][1]
+            self._ax_acc.set_ylim(max(0, 100 * min(y for _, y in self.curves["train_acc"] or [(0, best)]) - 1), 100)
+
+    def _draw_status(self, state: LoopState, final: bool) -> None:
+        h = state.history
+        elapsed = time.perf_counter() - state.started
+        test = f" · test accuracy {h.last('test_acc'):.2%}" if h.epochs and "test_acc" in h.epochs[-1] else ""
+        amp = " (bf16)" if self._bf16 else ""
+        where = "finished" if final and h.stopped is None else ("stopped" if final else "training")
+        self._fig.suptitle(
+            f"{where}: epoch {min(state.epoch + 1, state.config.epochs)}/{state.config.epochs} · step {state.step:,}/"
+            f"{state.steps_per_epoch * state.config.epochs:,} · {self._images_per_s:,.0f} images/s · {elapsed:.0f} s · "
+            f"{state.device.type}{amp}{test} · dashboard {self.seconds:.1f} s",
+            fontsize=10, x=0.01, ha="left",
+        )

@@ -1,0 +1,69 @@
+"""Where a model looks: saliency maps from gradients.
+
+- :func:`input_gradients`: |d class score / d pixel| — which pixels would change the score most.
+- :func:`grad_cam`: Grad-CAM (Selvaraju et al., 2017) — a conv layer's maps weighted by the
+  average gradient of the class score with respect to each map, positive part, upsampled to
+  the input. For a network that ends in global average pooling and one linear layer it equals
+  the class activation map (Zhou et al., 2016) divided by the map's area; the tests check that.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnlab.hooks import capture
+
+__all__ = ["input_gradients", "grad_cam"]
+
+
+def _targets(logits: Tensor, target: int | Tensor | None) -> Tensor:
+    if target is None:
+        return logits.argmax(1)
+    target = torch.as_tensor(target, device=logits.device).long().expand(len(logits))
+    if not ((0 <= target) & (target < logits.shape[1])).all():
+        raise ValueError(f"target must be a class from 0 to {logits.shape[1] - 1}, got {target.tolist()}")
+    return target
+
+
+def _to_eval(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    return was_training
+
+
+def input_gradients(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> Tensor:
+    """|d logit[target] / d x| for images ``x`` (B, C, H, W), the largest over channels: (B, H, W).
+    ``target`` None means each image's predicted class."""
+    device = next(model.parameters()).device
+    was_training = _to_eval(model)
+    try:
+        x = x.detach().to(device).float().requires_grad_(True)
+        logits = model(x)
+        chosen = logits.gather(1, _targets(logits, target)[:, None]).sum()
+        (grad,) = torch.autograd.grad(chosen, x)
+    finally:
+        model.train(was_training)
+    return grad.abs().amax(1).cpu()
+
+
+def grad_cam(model: nn.Module, x: Tensor, layer: str, target: int | Tensor | None = None) -> Tensor:
+    """Grad-CAM of ``layer`` for images ``x`` (B, C, H, W): (B, H, W), non-negative, bilinearly
+    upsampled to the input size. ``target`` None means each image's predicted class."""
+    device = next(model.parameters()).device
+    was_training = _to_eval(model)
+    try:
+        with capture(model, [layer], detach=False) as acts:
+            logits = model(x.detach().to(device).float())
+        maps = acts[layer]  # (B, K, h, w)
+        if maps.dim() != 4:
+            raise ValueError(f"layer {layer!r} gives shape {tuple(maps.shape)}; Grad-CAM needs a spatial (B, K, h, w) layer")
+        chosen = logits.gather(1, _targets(logits, target)[:, None]).sum()
+        (grad,) = torch.autograd.grad(chosen, maps)
+    finally:
+        model.train(was_training)
+    weights = grad.mean((2, 3), keepdim=True)  # (B, K, 1, 1): how much each map matters
+    cam = F.relu((weights * maps).sum(1, keepdim=True))  # (B, 1, h, w)
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return cam[:, 0].detach().cpu()

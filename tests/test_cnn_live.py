@@ -1,0 +1,245 @@
+"""Notebook 05's machinery without a browser: the live dashboard and stop button, saliency
+(against independent oracles), drawing a digit, and the feature-map explorer."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab.callbacks import Every, LiveDashboard, StopButton
+from cnnlab.drawing import drawing_pad, mnist_style, predict_drawing, render_strokes
+from cnnlab.hooks import channel_maxima, spatial_layers, top_activating
+from cnnlab.models import ConvStack, LinearClassifier, SmallCNN
+from cnnlab.saliency import grad_cam, input_gradients
+from cnnlab.train import Callback, fit, seed_everything
+from cnnlab.widgets import feature_map_explorer, feature_map_view
+
+
+@pytest.fixture(scope="module")
+def small_cnn(mnist_small):
+    train, _ = mnist_small
+    seed_everything(0)
+    model = SmallCNN()
+    fit(model, train, epochs=1, progress=False)
+    return model
+
+
+# ----- the dashboard --------------------------------------------------------------------------------
+
+def test_dashboard_draws_frames_records_curves_and_times_itself(mnist_small):
+    train, test = mnist_small
+    seed_everything(0)
+    dash = LiveDashboard(test, index=3, every_s=0.0, budget=0.5, show=False)
+    history = fit(SmallCNN(), train.subset(range(640)), test.subset(range(200)), epochs=2, callbacks=[dash], progress=False)
+    assert history.stopped is None
+    assert dash.png[:4] == b"\x89PNG" and dash.frames >= 3  # first frame, some during training, the final one
+    # train points over the run's whole length, test points at each epoch end, from fit's own numbers
+    xs = [x for x, _ in dash.curves["train_loss"]]
+    assert xs == sorted(xs) and xs[-1] == pytest.approx(2.0)
+    assert dash.curves["test_acc"] == [(1.0, history.epochs[0]["test_acc"]), (2.0, history.epochs[1]["test_acc"])]
+    assert all(0 <= a <= 1 for _, a in dash.curves["train_acc"])
+    assert 0 < dash.seconds < dash.fit_seconds and dash.share == pytest.approx(dash.seconds / dash.fit_seconds)
+
+
+def test_dashboard_keeps_to_its_time_budget(mnist_small):
+    train, _ = mnist_small
+    dash = LiveDashboard(None, every_s=0.0, budget=0.02, stop_button=False, show=False)
+    fit(SmallCNN(), train.subset(range(1280)), epochs=1, callbacks=[dash], progress=False)
+    # No minimum interval: the budget alone spaces the frames. Each costs far more than 2% of
+    # the 20 batches, so there is the first, the last and at most one between (not one a batch).
+    assert 2 <= dash.frames <= 3
+
+
+def test_stop_button_ends_training_and_keeps_model_and_history(mnist_small):
+    train, test = mnist_small
+
+    class PressAt(Callback):
+        order = -20
+
+        def __init__(self, button, step):
+            self.button, self.step = button, step
+
+        def after_batch(self, state):
+            if state.step == self.step:
+                self.button.button.click()  # what a browser click does
+
+    dash = LiveDashboard(test, show=False)
+    before = SmallCNN()
+    seed_everything(0)
+    model = SmallCNN()
+    weights0 = model.conv1.weight.detach().clone()
+    history = fit(model, train, test, epochs=3, callbacks=[dash, PressAt(dash.stop, 5)], progress=False)
+    assert history.stopped == "callback" and history.epochs == []
+    assert dash.stop.requested and "stopped by the button after 5 steps" in dash.stop.message
+    assert not torch.equal(model.conv1.weight.detach(), weights0)  # trained for 5 steps, kept
+    assert dash.png[:4] == b"\x89PNG"  # the final frame was still drawn
+    assert before is not model
+
+
+def test_stop_button_without_a_click_reports_a_finished_run(mnist_small):
+    train, _ = mnist_small
+    stop = StopButton()
+    history = fit(LinearClassifier(), train.subset(range(256)), epochs=1, callbacks=[stop], progress=False)
+    assert history.stopped is None and stop.message == "finished: 1 epochs, 4 steps" and stop.button.disabled
+
+
+def test_every_throttles_by_steps_and_time():
+    every = Every(seconds=0.0, steps=3)
+    assert [every.ready() for _ in range(7)] == [False, False, True, False, False, True, False]
+    slow = Every(seconds=3600)
+    assert not any(slow.ready() for _ in range(5))
+    with pytest.raises(ValueError, match="seconds >= 0 and steps >= 1"):
+        Every(steps=0)
+
+
+def test_dashboard_rejects_nonsense(mnist_small):
+    _, test = mnist_small
+    with pytest.raises(ValueError, match="budget"):
+        LiveDashboard(test, budget=2)
+    with pytest.raises(ValueError, match="index must be from 0 to 999"):
+        LiveDashboard(test, index=1000)
+
+
+# ----- saliency ----------------------------------------------------------------------------------------
+
+def test_input_gradient_of_a_linear_model_is_its_weight_row(mnist_small):
+    _, test = mnist_small
+    model = LinearClassifier()
+    x = test.x[:4]
+    grads = input_gradients(model, x, target=7)
+    expected = model.fc.weight[7].detach().abs().view(28, 28)
+    assert grads.shape == (4, 28, 28) and torch.allclose(grads, expected.expand(4, 28, 28))
+
+
+def test_grad_cam_equals_the_class_activation_map_on_a_gap_network(mnist_small):
+    # conv layers -> global average pooling -> one linear layer: Grad-CAM = ReLU(CAM) / (h*w)
+    # with CAM = sum_k w[c, k] * A_k (Zhou et al. 2016), computed here without any gradient.
+    _, test = mnist_small
+    torch.manual_seed(0)
+    model = ConvStack(depth=3, width=8, padding=1).eval()
+    x = test.x[:5]
+    cam = grad_cam(model, x, "relu3", target=2)
+    with torch.no_grad():
+        acts = torch.nn.Sequential(*list(model)[:6])(x)  # (B, 8, 28, 28): the output of relu3
+        expected = F.relu(torch.einsum("k,bkhw->bhw", model.fc.weight[2], acts)) / (28 * 28)
+    assert cam.shape == (5, 28, 28) and torch.allclose(cam, expected, atol=1e-6)
+    assert all(not m._forward_hooks for m in model.modules())  # the capture hook is gone
+
+
+def test_saliency_checks_its_arguments(small_cnn, mnist_small):
+    _, test = mnist_small
+    with pytest.raises(ValueError, match="target must be a class from 0 to 9"):
+        input_gradients(small_cnn, test.x[:1], target=10)
+    with pytest.raises(ValueError, match="needs a spatial"):
+        grad_cam(small_cnn, test.x[:1], "fc1")
+    assert grad_cam(small_cnn, test.x[:2], "relu2").shape == (2, 28, 28)
+
+
+# ----- drawing ------------------------------------------------------------------------------------------
+
+def test_mnist_style_recovers_mnist_digits_drawn_ten_times_larger(mnist_small):
+    # An MNIST digit blown up to a 280x280 "drawing" and prepared again lands where MNIST put it.
+    _, test = mnist_small
+    digits = test.denormalize(test.x[:50])
+    big = F.interpolate(digits, scale_factor=10, mode="bilinear", align_corners=False)
+    again = torch.stack([mnist_style(b) for b in big])
+    assert again.shape == (50, 1, 28, 28)
+    corr = F.cosine_similarity(again.flatten(1), digits.flatten(1))
+    assert corr.median() > 0.9 and corr.min() > 0.75
+
+
+def test_mnist_style_centres_by_mass_in_a_20_pixel_box():
+    img = torch.zeros(280, 280)
+    img[10:60, 200:220] = 1  # a bar in a corner, 50 tall and 20 wide
+    out = mnist_style(img)[0]
+    rows, cols = (out > 0.05).any(1).nonzero()[:, 0], (out > 0.05).any(0).nonzero()[:, 0]
+    assert rows[-1] - rows[0] + 1 == 20 and cols[-1] - cols[0] + 1 == 8
+    cy = (out.sum(1) * torch.arange(28)).sum() / out.sum()
+    cx = (out.sum(0) * torch.arange(28)).sum() / out.sum()
+    assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
+    assert mnist_style(torch.zeros(50, 50)).abs().sum() == 0  # nothing drawn: nothing to see
+    with pytest.raises(ValueError, match="one grey image"):
+        mnist_style(torch.zeros(3, 28, 28))
+
+
+def test_render_strokes_draws_round_ink():
+    img = render_strokes([[(40, 40), (240, 40)], [(140, 140)]], size=280, width=20)
+    assert img.shape == (280, 280) and img.max() == 1 and img.min() == 0
+    assert img[40, 140] == 1 and img[40 + 12, 140] == 0 and img[140, 140] == 1 and img[140, 155] == 0
+
+
+def test_a_drawn_one_is_read_as_a_one(small_cnn, mnist_small):
+    _, test = mnist_small
+    digit, probs = predict_drawing({"cnn": small_cnn}, render_strokes([[(150, 40), (140, 240)]]), test)
+    assert digit.shape == (1, 28, 28) and digit.min() == pytest.approx(test.background)
+    assert int(probs["cnn"].argmax()) == 1
+
+
+def test_drawing_pad_predicts_on_pen_up_and_clears(small_cnn, mnist_small):
+    _, test = mnist_small
+    pad = drawing_pad({"cnn": small_cnn}, test, maps_model=small_cnn)
+    assert pad.image.value == b"" and pad.digit is None
+    pad.pen_down(150, 40)
+    for y in range(50, 250, 10):
+        pad.pen_move(150 - y / 20, y)
+    pad.pen_up(140, 240)
+    assert pad.image.value[:4] == b"\x89PNG" and pad.digit.shape == (1, 28, 28)
+    assert "<b>cnn</b>: 1 - one" in pad.summary.value
+    pad.pen_move(10, 10)  # pen is up: no ink
+    assert len(pad.strokes) == 1
+    pad.clear()
+    assert pad.strokes == [] and pad.digit is None and "draw a digit" in pad.summary.value
+
+
+# ----- the feature-map explorer ---------------------------------------------------------------------------
+
+def test_spatial_layers_and_top_activating(small_cnn, mnist_small):
+    _, test = mnist_small
+    layers = spatial_layers(small_cnn)
+    assert layers == {"conv1": (32, 26, 26), "relu1": (32, 26, 26), "conv2": (64, 24, 24),
+                      "relu2": (64, 24, 24), "pool": (64, 12, 12)}
+    maxima = channel_maxima(small_cnn, test.x[:300], "conv2", batch_size=128)
+    with torch.no_grad():
+        direct = small_cnn.conv2(small_cnn.relu1(small_cnn.conv1(test.x[:300]))).amax((2, 3))
+    assert torch.allclose(maxima, direct, atol=1e-5)
+    idx, values = top_activating(maxima, 7, k=9)
+    assert torch.equal(values, maxima[idx, 7]) and values[0] == maxima[:, 7].max() and (values[:-1] >= values[1:]).all()
+    with pytest.raises(ValueError, match="channel must be from 0 to 63"):
+        top_activating(maxima, 64)
+
+
+def test_feature_map_view_pairs_a_channel_with_its_filter(small_cnn, mnist_small):
+    _, test = mnist_small
+    view = feature_map_view(small_cnn, test.x[0], "relu2", 5)
+    assert view["maps"].shape == (64, 24, 24) and torch.equal(view["map"], view["maps"][5])
+    assert view["conv"] == "conv2" and torch.equal(view["filter"], small_cnn.conv2.weight[5].detach())
+    with pytest.raises(ValueError, match="channel must be a whole number from 0 to 63"):
+        feature_map_view(small_cnn, test.x[0], "relu2", 64)
+    with pytest.raises(ValueError, match="has no feature maps"):
+        feature_map_view(small_cnn, test.x[0], "fc1", 0)
+
+
+def test_feature_map_explorer_responds_to_every_control(small_cnn, mnist_small):
+    _, test = mnist_small
+    pad = drawing_pad({"cnn": small_cnn}, test)
+    w = feature_map_explorer(small_cnn, test, pool=300, drawing=pad)
+    first, first_top = w.image.value, w.top_image.value
+    assert first[:4] == b"\x89PNG" and first_top[:4] == b"\x89PNG" and "channel 0" in w.summary.value
+    w.controls["channel"].value = 9
+    assert w.image.value != first and w.top_image.value != first_top and "channel 9" in w.summary.value
+    w.controls["layer"].value = "conv2"
+    assert w.controls["channel"].max == 63
+    w.controls["channel"].value = 63
+    assert "conv2</b>, channel 63" in w.summary.value
+    w.controls["layer"].value = "pool"
+    assert "pool</b>, channel 63" in w.summary.value and "12×12" in w.summary.value
+    before = w.image.value
+    w.controls["index"].value = 5
+    assert w.image.value != before
+    w.controls["source"].value = "your drawing"  # nothing drawn yet: a message, the picture stays
+    assert "nothing drawn yet" in w.summary.value and w.image.value
+    pad.pen_down(150, 40)
+    pad.pen_move(140, 240)
+    pad.pen_up(140, 240)
+    w.controls["source"].value = "test digit"
+    w.controls["source"].value = "your drawing"
+    assert "color:#b00" not in w.summary.value

@@ -3,7 +3,7 @@
 - :func:`input_gradients`: |d class score / d pixel| — which pixels would change the score most.
 - :func:`grad_cam`: Grad-CAM (Selvaraju et al., 2017) — a conv layer's maps weighted by the
   average gradient of the class score with respect to each map, positive part, upsampled to
-  the input. For a network that ends in global average pooling and one linear layer it equals
+  the input (each unit at the centre of its receptive field). For a network that ends in global average pooling and one linear layer it equals
   the class activation map (Zhou et al., 2016) divided by the map's area; the tests check that.
 """
 
@@ -65,5 +65,32 @@ def grad_cam(model: nn.Module, x: Tensor, layer: str, target: int | Tensor | Non
         model.train(was_training)
     weights = grad.mean((2, 3), keepdim=True)  # (B, K, 1, 1): how much each map matters
     cam = F.relu((weights * maps).sum(1, keepdim=True))  # (B, 1, h, w)
-    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return cam[:, 0].detach().cpu()
+    return _to_input(model, layer, cam.detach(), tuple(x.shape[1:]))[:, 0].cpu()
+
+
+def _to_input(model: nn.Module, layer: str, cam: Tensor, input_shape: tuple[int, int, int]) -> Tensor:
+    """Maps (B, 1, h, w) of ``layer`` laid on the input grid: each unit at the centre of its
+    receptive field (a 24x24 map of a 28x28 image after two unpadded 3x3 convs starts at pixel 2,
+    it is not stretched), bilinear between centres. Plain resizing where the geometry is unknown."""
+    from cnnlab.receptive_field import receptive_fields
+
+    row = None
+    try:
+        rows = {r.name: r for r in receptive_fields(model, input_shape)}
+        for name, _ in model.named_modules():  # a pointwise layer (ReLU) has the field of the layer before it
+            row = rows.get(name, row)
+            if name == layer:
+                break
+    except ValueError:
+        row = None
+    if row is None or row.out_shape[1:] != tuple(cam.shape[2:]):
+        return F.interpolate(cam, size=input_shape[-2:], mode="bilinear", align_corners=False)
+    axes = []
+    for axis in (0, 1):
+        n = cam.shape[2 + axis]
+        centre0 = row.start[axis] + (row.size[axis] - 1) / 2
+        units = (torch.arange(input_shape[1 + axis], dtype=cam.dtype, device=cam.device) - centre0) / row.jump[axis]
+        axes.append(2 * units / max(n - 1, 1) - 1)  # grid_sample's [-1, 1] units (align_corners=True)
+    gy, gx = torch.meshgrid(axes[0], axes[1], indexing="ij")
+    grid = torch.stack([gx, gy], -1).expand(len(cam), -1, -1, -1)
+    return F.grid_sample(cam, grid, mode="bilinear", padding_mode="border", align_corners=True)

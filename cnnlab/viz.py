@@ -383,13 +383,15 @@ def show_saliency(image: Tensor, maps: Mapping[str, Tensor], *, axes: Sequence[A
     if axes is None:
         fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 2.9))
     fig = axes[0].figure
+    import numpy as np
+
     gray = image.float().cpu().reshape(image.shape[-2:]).numpy()
     axes[0].imshow(gray, cmap="gray_r", vmin=0, vmax=1)
     axes[0].set_title(title or "input", fontsize=9)
     for ax, (name, m) in zip(axes[1:], maps.items()):
-        m = m.detach().float().cpu()
-        ax.imshow(gray, cmap="gray_r", vmin=0, vmax=1)
-        ax.imshow((m / m.max().clamp(min=1e-12)).numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+        m = (m.detach().float().cpu() / m.max().clamp(min=1e-12)).numpy()
+        ax.imshow(gray, cmap="gray_r", vmin=0, vmax=2.5)  # the digit, faint, under the heat map
+        ax.imshow(np.ma.masked_less(m, 0.05), cmap="inferno_r", alpha=0.75, vmin=0, vmax=1)
         ax.set_title(name, fontsize=9)
     for ax in axes:
         ax.set_xticks([])

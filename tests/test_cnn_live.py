@@ -243,3 +243,13 @@ def test_feature_map_explorer_responds_to_every_control(small_cnn, mnist_small):
     w.controls["source"].value = "test digit"
     w.controls["source"].value = "your drawing"
     assert "color:#b00" not in w.summary.value
+
+
+def test_grad_cam_puts_each_unit_at_the_centre_of_its_receptive_field():
+    from cnnlab.saliency import _to_input
+
+    cam = torch.zeros(1, 1, 24, 24)
+    cam[0, 0, 0, 0] = 1  # relu2's first unit sees input pixels 0..4: its centre is pixel (2, 2)
+    placed = _to_input(SmallCNN(), "relu2", cam, (1, 28, 28))[0, 0]
+    assert placed.shape == (28, 28) and placed[2, 2] == pytest.approx(1) and placed[3, 3] < 1e-5
+    assert torch.allclose(placed[:3, :3], torch.ones(3, 3))  # the border repeats the edge units

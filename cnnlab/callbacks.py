@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 import time
 
 import torch
@@ -60,64 +61,79 @@ class Every:
 
 
 class StopButton(Callback):
-    """A button that ends training after the current batch; ``fit`` returns the model and the
-    history so far. While training runs, button clicks are processed every ``poll_s`` seconds
-    (jupyter-ui-poll lets the busy kernel read them). ``request_stop()`` does the same from code."""
+    """A **stop training** button shown above the run: a click ends training after the current
+    batch, and ``fit`` returns the model and the history so far.
+
+    A kernel busy training reads no widget messages, so the button does what the notebook's ■
+    does: it asks Jupyter (``POST api/kernels/<id>/interrupt``) to interrupt the kernel, and
+    ``fit`` turns that interrupt into a clean stop. ``request_stop()`` stops from code.
+    """
 
     order = -10  # before other callbacks, so a stop is seen at once
 
-    def __init__(self, description: str = "stop training", poll_s: float = 0.2):
-        import ipywidgets as widgets
-
-        self.button = widgets.Button(description=description, icon="stop", button_style="danger")
-        self.button.on_click(lambda _button: self.request_stop())
+    def __init__(self):
         self.requested = False
         self.message = ""
-        self._poll_every = Every(poll_s)
         self._handle = None
-        self._events = None  # the ui_events context while training runs in a kernel
-        self._poll = None
 
     def request_stop(self) -> None:
         self.requested = True
-        self.button.disabled = True
-        self.button.description = "stopping…"
 
     def before_fit(self, state: LoopState) -> None:
         self.requested, self.message = False, ""
-        self.button.disabled, self.button.description = False, "stop training"
         if in_notebook():
-            from IPython.display import display
-            from jupyter_ui_poll import ui_events
+            from IPython.display import HTML, display
 
-            self._handle = display(self.button, display_id=True)
-            self._events = ui_events()
-            self._poll = self._events.__enter__()
+            self._handle = display(HTML(_stop_button_html(_kernel_id())), display_id=True)
 
     def after_batch(self, state: LoopState) -> None:
-        if self._poll is not None and self._poll_every.ready():
-            self._poll(20)  # handle up to 20 waiting widget messages (a click among them)
         if self.requested:
             raise StopTraining
 
     def after_fit(self, state: LoopState) -> None:
-        if self._events is not None:
-            self._events.__exit__(None, None, None)
-            self._events = self._poll = None
         h = state.history
         if h.stopped == "callback" and self.requested:
-            self.message = (f"stopped by the button after {state.step:,} steps ({len(h.epochs)} full epochs); "
-                            "the model and its history are kept")
+            self.message = f"stopped after {state.step:,} steps ({len(h.epochs)} full epochs); the model and its history are kept"
         elif h.stopped == "interrupt":
-            self.message = f"interrupted after {state.step:,} steps; the model and its history are kept"
+            self.message = (f"stopped by the button (or an interrupt) after {state.step:,} steps ({len(h.epochs)} full "
+                            "epochs); the model and its history are kept")
+        elif h.stopped:
+            self.message = f"stopped ({h.stopped}) after {state.step:,} steps"
         else:
             self.message = f"finished: {len(h.epochs)} epochs, {state.step:,} steps"
-        self.button.disabled = True
         if self._handle is not None:  # replace the button by text, so the saved notebook shows what happened
             from IPython.display import HTML
 
             self._handle.update(HTML(f"<i>{html.escape(self.message)}</i>"))
             self._handle = None
+
+
+def _kernel_id() -> str | None:
+    """This kernel's id in the Jupyter server (its connection file is ``kernel-<id>.json``)."""
+    try:
+        from ipykernel import get_connection_file
+
+        match = re.search(r"kernel-([\w-]+)\.json$", get_connection_file())
+    except Exception:  # not an ipykernel, or no connection file: no button, the message says what to do
+        return None
+    return match.group(1) if match else None
+
+
+def _stop_button_html(kernel_id: str | None) -> str:
+    if kernel_id is None:
+        return "<i>to stop training early, interrupt the kernel (■)</i>"
+    script = (
+        "var b=this; b.disabled=true; b.textContent='stopping…';"
+        "var c=JSON.parse((document.getElementById('jupyter-config-data')||{}).textContent||'{}');"
+        "var h={}; var x=(document.cookie.match(/\\b_xsrf=([^;]*)/)||[])[1]; if(x){h['X-XSRFToken']=x;}"
+        "if(c.token){h['Authorization']='token '+c.token;}"
+        f"fetch((c.baseUrl||'/')+'api/kernels/{kernel_id}/interrupt',{{method:'POST',headers:h,credentials:'same-origin'}})"
+        ".then(function(r){if(!r.ok){b.textContent='could not stop: press ■';}})"
+        ".catch(function(){b.textContent='could not stop: press ■';});"
+    )
+    return (f'<button class="cnnlab-stop" title="ends training after the current batch; the model is kept" '
+            f'style="background:#d32f2f;color:white;border:0;border-radius:3px;padding:4px 12px;cursor:pointer" '
+            f'onclick="{html.escape(script)}">■ stop training</button>')
 
 
 class LiveDashboard(Callback):

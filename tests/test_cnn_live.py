@@ -1,6 +1,9 @@
 """Notebook 05's machinery without a browser: the live dashboard and stop button, saliency
 (against independent oracles), drawing a digit, and the feature-map explorer."""
 
+import os
+import signal
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,31 +58,44 @@ def test_stop_button_ends_training_and_keeps_model_and_history(mnist_small):
     class PressAt(Callback):
         order = -20
 
-        def __init__(self, button, step):
-            self.button, self.step = button, step
+        def __init__(self, step, press):
+            self.step, self.press = step, press
 
         def after_batch(self, state):
             if state.step == self.step:
-                self.button.button.click()  # what a browser click does
+                self.press()
 
+    # From code: request_stop()
     dash = LiveDashboard(test, show=False)
-    before = SmallCNN()
     seed_everything(0)
     model = SmallCNN()
     weights0 = model.conv1.weight.detach().clone()
-    history = fit(model, train, test, epochs=3, callbacks=[dash, PressAt(dash.stop, 5)], progress=False)
+    history = fit(model, train, test, epochs=3, callbacks=[dash, PressAt(5, dash.stop.request_stop)], progress=False)
     assert history.stopped == "callback" and history.epochs == []
-    assert dash.stop.requested and "stopped by the button after 5 steps" in dash.stop.message
+    assert "stopped after 5 steps (0 full epochs)" in dash.stop.message
     assert not torch.equal(model.conv1.weight.detach(), weights0)  # trained for 5 steps, kept
     assert dash.png[:4] == b"\x89PNG"  # the final frame was still drawn
-    assert before is not model
+
+    # From the browser: the button interrupts the kernel (SIGINT), as the notebook's stop does
+    dash = LiveDashboard(test, show=False)
+    history = fit(SmallCNN(), train, test, epochs=3, callbacks=[dash, PressAt(7, lambda: os.kill(os.getpid(), signal.SIGINT))],
+                  progress=False)
+    assert history.stopped == "interrupt" and "stopped by the button (or an interrupt) after 7 steps" in dash.stop.message
 
 
 def test_stop_button_without_a_click_reports_a_finished_run(mnist_small):
     train, _ = mnist_small
     stop = StopButton()
     history = fit(LinearClassifier(), train.subset(range(256)), epochs=1, callbacks=[stop], progress=False)
-    assert history.stopped is None and stop.message == "finished: 1 epochs, 4 steps" and stop.button.disabled
+    assert history.stopped is None and stop.message == "finished: 1 epochs, 4 steps"
+
+
+def test_stop_button_html_interrupts_this_kernel_through_the_server():
+    from cnnlab.callbacks import _stop_button_html
+
+    page = _stop_button_html("0a1b-2c")
+    assert "api/kernels/0a1b-2c/interrupt" in page and "method:&#x27;POST&#x27;" in page and "stop training" in page
+    assert "<button" not in _stop_button_html(None) and "interrupt the kernel" in _stop_button_html(None)
 
 
 def test_every_throttles_by_steps_and_time():

@@ -83,7 +83,6 @@ def lab(tmp_path_factory):
         server = subprocess.Popen(
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
              "--ServerApp.port_retries=0", "--IdentityProvider.token=", "--ServerApp.password=",
-             "--ServerApp.disable_check_xsrf=True",  # loopback only: lets the test end kernels over REST
              f"--ServerApp.root_dir={work}", "--LabApp.news_url=", "--LabApp.extension_manager=readonly"]
             + (["--allow-root"] if os.geteuid() == 0 else []),  # CI runs as root
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -141,11 +140,19 @@ def page(browser, lab):
 
 
 def _shut_down_kernels(lab: str) -> None:
-    """End every kernel the test started, so the next notebook starts on a quiet machine."""
-    with urllib.request.urlopen(f"{lab}/api/kernels", timeout=10) as r:
+    """End every kernel the test started, so the next notebook starts on a quiet machine
+    (with the server's XSRF cookie, as a browser sends it: the server checks it)."""
+    import http.cookiejar
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(f"{lab}/lab", timeout=30).close()
+    xsrf = next((c.value for c in jar if c.name == "_xsrf"), "")
+    with opener.open(f"{lab}/api/kernels", timeout=10) as r:
         kernels = json.load(r)
     for k in kernels:
-        urllib.request.urlopen(urllib.request.Request(f"{lab}/api/kernels/{k['id']}", method="DELETE"), timeout=30).close()
+        request = urllib.request.Request(f"{lab}/api/kernels/{k['id']}", method="DELETE", headers={"X-XSRFToken": xsrf})
+        opener.open(request, timeout=30).close()
 
 
 # ----- driving JupyterLab --------------------------------------------------------------------------------
@@ -251,6 +258,15 @@ def stored_widget_count(name: str) -> int:
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_and_every_widget_renders(page, lab, name):
+    try:
+        _run_and_check(page, lab, name)
+    except BaseException:  # what the page showed when it failed, for whoever reads the CI log
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"FAILED-{name.removesuffix('.ipynb')}.png"), full_page=True)
+        raise
+
+
+def _run_and_check(page, lab, name):
     open_and_run_all(page, lab, name)
     assert not _errors(page), f"{name}: error output"
     views = widget_views(page)
@@ -328,7 +344,7 @@ def _interact_05(page, views) -> None:
         "long_dashboard = LiveDashboard(test_set, every_s=0.3, budget=0.5)\n"
         "long_history = fit(SmallCNN(), train_set, test_set, callbacks=[long_dashboard], epochs=40, progress=False)")
     page.keyboard.press("Shift+Enter")
-    cell = page.locator(".jp-Notebook .jp-CodeCell").last
+    cell = page.locator(".jp-Notebook .jp-CodeCell", has_text="long_dashboard").last  # Shift+Enter added an empty one below
     frame = cell.locator(".jp-RenderedImage img").first
     frame.wait_for(timeout=60_000)
     first = frame.get_attribute("src")
@@ -337,7 +353,8 @@ def _interact_05(page, views) -> None:
     cell.get_by_role("button", name=re.compile("stop training")).click()
     cell.locator("text=stopped by the button").wait_for(timeout=60_000)
     deadline = time.monotonic() + 60
-    while not re.fullmatch(r"\[\d+\]:", _prompts(page)[-1]):  # the cell ends: the kernel is free again
+    prompt = cell.locator(".jp-InputPrompt").first
+    while not re.fullmatch(r"\[\d+\]:", prompt.inner_text().strip()):  # the cell ends: the kernel is free again
         assert time.monotonic() < deadline, "training did not end after stop"
         time.sleep(0.5)
 

@@ -76,10 +76,15 @@ def _train(args) -> int:
 
 
 def _bench(args) -> int:
-    from cnnlab.bench import format_result, run
+    from cnnlab.bench import dashboard_overhead, format_overhead, format_result, run
 
-    result = run(device=args.device, seed=args.seed)
-    print(format_result(result), file=sys.stderr if args.json else sys.stdout)
+    if args.dashboard:
+        result = dashboard_overhead(device=args.device, seed=args.seed, limit=args.limit_train, epochs=args.epochs)
+        text = format_overhead(result)
+    else:
+        result = run(device=args.device, seed=args.seed, limit=args.limit_train)
+        text = format_result(result)
+    print(text, file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result))
     return 0
@@ -113,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="one epoch of the seed CNN: cnnlab's path against the pytorch/examples recipe")
     b.add_argument("--device", default=None)
     b.add_argument("--seed", type=int, default=1)
+    b.add_argument("--dashboard", action="store_true", help="instead: the live dashboard's cost (training without and with it)")
+    b.add_argument("--epochs", type=int, default=1, help="with --dashboard: epochs per run")
+    b.add_argument("--limit-train", type=int, default=None, metavar="N", help="a stratified subset of N train images")
     b.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     b.set_defaults(func=_bench)
     return p

@@ -123,4 +123,39 @@ def format_result(r: dict) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["run", "format_result", "recipe_epoch", "cnnlab_epoch", "CNNLAB_SETTINGS"]
+def dashboard_overhead(device: str | None = None, seed: int = 1, limit: int | None = None, epochs: int = 1) -> dict:
+    """The live dashboard's cost: the same training run (SmallCNN, the same seed and data)
+    without and with :class:`~cnnlab.callbacks.LiveDashboard` (drawing every frame as in a
+    notebook, only not sending it). Wall times of the whole ``fit``, and the dashboard's own clock."""
+    from cnnlab.callbacks import LiveDashboard
+
+    dev = pick_device(device)
+    train_set = data.load("mnist", "train", limit=limit, seed=seed, device=dev)
+    test_set = data.load("mnist", "test", device=dev)
+    times = {}
+    for name in ("plain", "dashboard", "plain again"):  # plain twice: the spread of plain runs is the noise
+        dash = LiveDashboard(test_set, show=False) if name == "dashboard" else None
+        seed_everything(seed)
+        history = fit(SmallCNN(), train_set, test_set, epochs=epochs, device=str(dev), seed=seed, progress=False,
+                      callbacks=[dash] if dash else [])
+        times[name] = history.seconds
+        if dash:
+            frames, own = dash.frames, dash.seconds
+    plain = min(times["plain"], times["plain again"])
+    return {"device": str(dev), "train_images": len(train_set), "epochs": epochs, "seconds": times,
+            "overhead": times["dashboard"] / plain - 1, "frames": frames, "dashboard_seconds": own,
+            "dashboard_share": own / times["dashboard"]}
+
+
+def format_overhead(r: dict) -> str:
+    """The dashboard benchmark in three lines."""
+    t = r["seconds"]
+    return "\n".join([
+        f"device {r['device']}, SmallCNN, {r['epochs']} epoch(s) on {r['train_images']:,} MNIST images",
+        f"fit without dashboard {t['plain']:.1f} s and {t['plain again']:.1f} s; with it {t['dashboard']:.1f} s",
+        f"dashboard: {r['frames']} frames, {r['dashboard_seconds']:.1f} s by its own clock ({r['dashboard_share']:.1%}); "
+        f"wall-time overhead {r['overhead']:+.1%}",
+    ])
+
+
+__all__ = ["run", "format_result", "recipe_epoch", "cnnlab_epoch", "CNNLAB_SETTINGS", "dashboard_overhead", "format_overhead"]

@@ -80,3 +80,14 @@ def test_bench_compares_both_paths_on_the_same_images():
         assert result[key]["images_per_s"] == pytest.approx(1200 / result[key]["seconds"], rel=1e-6)
     assert result["speedup"] == pytest.approx(result["recipe"]["seconds"] / result["cnnlab"]["seconds"])
     assert "x faster per epoch" in format_result(result)
+
+
+def test_bench_dashboard_times_training_without_and_with_it(capsys):
+    import json
+
+    assert main(["bench", "--dashboard", "--device", "cpu", "--limit-train", "640", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["train_images"] == 640 and set(result["seconds"]) == {"plain", "dashboard", "plain again"}
+    assert result["frames"] >= 2 and 0 < result["dashboard_seconds"] < result["seconds"]["dashboard"]
+    plain = min(result["seconds"]["plain"], result["seconds"]["plain again"])
+    assert result["overhead"] == pytest.approx(result["seconds"]["dashboard"] / plain - 1)

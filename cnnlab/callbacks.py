@@ -182,7 +182,7 @@ class LiveDashboard(Callback):
         self._bf16 = _use_amp(state.config, state.device)
         self.curves = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
         self._reset_window(state)
-        self._next_at = t0 + self.every_s
+        self._throttle = Every(self.every_s)
         model = state.model
         convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         self._first_conv = dict(model.named_modules())[convs[0]] if convs else None
@@ -199,7 +199,7 @@ class LiveDashboard(Callback):
         self._loss_sum += state.loss.detach().float() * n
         self._correct += (state.logits.argmax(1) == state.yb).sum()
         self._seen += n
-        if time.perf_counter() >= self._next_at:
+        if self._throttle.ready():
             self._frame(state)
 
     def after_epoch(self, state: LoopState) -> None:
@@ -257,7 +257,8 @@ class LiveDashboard(Callback):
         spent = time.perf_counter() - t0
         self.seconds += spent
         # Keep drawing to about `budget` of the time: the next frame waits spent/budget at least.
-        self._next_at = time.perf_counter() + max(self.every_s, spent / self.budget)
+        self._throttle.seconds = max(self.every_s, spent / self.budget)
+        self._throttle.reset()
         self._window_start += spent  # images/s counts training time, not drawing time
 
     @torch.no_grad()

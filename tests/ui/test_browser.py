@@ -276,6 +276,8 @@ def _run_and_check(page, lab, name):
     body = page.locator(".jp-Notebook").inner_text()
     for bad in ("Loading widget...", "Error displaying widget", "Error rendering", "model not found"):
         assert bad not in body, f"{name}: a widget shows {bad!r}"
+    broken = page.locator(".jp-Notebook .jupyter-widgets-error-widget")  # ipywidgets' view for a widget it could not create
+    assert broken.count() == 0, f"{name}: {broken.count()} widget(s) failed to render, e.g. {broken.first.inner_text()[:300]!r}"
     stem = name.removesuffix(".ipynb")
     for i in range(n):
         view = views.nth(i)

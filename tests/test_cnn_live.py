@@ -1,6 +1,7 @@
 """Notebook 05's machinery without a browser: the live dashboard and stop button, saliency
 (against independent oracles), drawing a digit, and the feature-map explorer."""
 
+import copy
 import os
 import signal
 
@@ -269,3 +270,32 @@ def test_grad_cam_puts_each_unit_at_the_centre_of_its_receptive_field():
     placed = _to_input(SmallCNN(), "relu2", cam, (1, 28, 28))[0, 0]
     assert placed.shape == (28, 28) and placed[2, 2] == pytest.approx(1) and placed[3, 3] < 1e-5
     assert torch.allclose(placed[:3, :3], torch.ones(3, 3))  # the border repeats the edge units
+
+
+def test_nothing_notebook_05_calls_in_a_loop_leaves_a_hook_behind(small_cnn, mnist_small, tmp_path):
+    _, test = mnist_small
+    x = test.x[:4]
+    for _ in range(20):  # what the explorer, the pad, saliency and the dashboard do on every change
+        feature_map_view(small_cnn, x[0], "relu2", 3)
+        channel_maxima(small_cnn, x, "conv2")
+        spatial_layers(small_cnn)
+        grad_cam(small_cnn, x, "relu2")
+    model = copy.deepcopy(small_cnn)  # the shared model stays as the other tests expect it
+    for _ in range(3):
+        dash = LiveDashboard(test, show=False, every_s=0.0, budget=0.9)
+        fit(model, test.subset(range(128)), epochs=1, callbacks=[dash], progress=False)
+        assert dash.frames >= 2
+    for m in (small_cnn, model):
+        assert all(not mod._forward_hooks and not mod._backward_hooks for mod in m.modules())
+
+
+def test_the_saved_notebook_shows_the_dashboards_last_frame_and_no_stale_button():
+    import json
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).parent.parent / "notebooks" / "05_small_cnn.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and "LiveDashboard(test_set" in "".join(c["source"]))
+    outputs = cell["outputs"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the final frame is not stored"
+    html_out = [("".join(o["data"]["text/html"])) for o in outputs if "text/html" in o.get("data", {})]
+    assert any("finished: 5 epochs" in h for h in html_out) and not any("<button" in h for h in html_out)

@@ -27,7 +27,7 @@ __all__ = ["SERIES_SETTINGS", "series_settings", "run_path", "save_run", "load_o
 SERIES_SETTINGS: dict[str, dict] = {
     "linear": {"epochs": 5},
     "mlp": {"epochs": 10},
-    "small-cnn": {"epochs": 5},  # 99.29% on full MNIST (seed 0; 3 epochs: 99.11%, 6: 99.30%)
+    "small-cnn": {"epochs": 5},  # full MNIST: 99.29% (seed 0), 99.27% (seed 1); 3 epochs: 99.11%
     "conv-stack-8": {"epochs": 2},
 }
 

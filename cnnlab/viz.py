@@ -167,7 +167,8 @@ def show_prediction(
 ) -> Figure:
     """An image beside each model's class probabilities (one bar chart per model)."""
     n = len(probs)
-    if axes is None:
+    made = axes is None  # lay out only a figure made here; a widget lays out its own once
+    if made:
         fig, axes = plt.subplots(1, n + 1, figsize=(2.6 + 2.6 * n, 2.6), width_ratios=[1] + [1.3] * n)
     fig = axes[0].figure
     axes[0].imshow((image.float().cpu() * std + mean).clamp(0, 1).squeeze(0).numpy(), cmap="gray_r", vmin=0, vmax=1)
@@ -185,7 +186,8 @@ def show_prediction(
         ax.set_xlim(0, 1)
         ax.set_title(f"{name}: {short[top]} ({p[top]:.0%})", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
+    if made:
+        fig.tight_layout()
     return fig
 
 
@@ -202,7 +204,8 @@ def show_mistakes(data: ImageSet, probs: Tensor, *, k: int = 16, ncols: int = 8)
 def show_convolution(image: Tensor, kernel: Tensor, fmap: Tensor, *, axes: Sequence[Axes] | None = None) -> Figure:
     """Input image, kernel and feature map side by side; kernel and map share a diverging scale
     (red positive, blue negative) so the sign of every response is visible."""
-    if axes is None:
+    made = axes is None  # lay out only a figure made here; a widget lays out its own once
+    if made:
         fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), width_ratios=[1, 0.8, 1])
     fig = axes[0].figure
     axes[0].imshow(image.float().cpu().reshape(image.shape[-2:]).numpy(), cmap="gray_r", vmin=0, vmax=1)
@@ -221,7 +224,8 @@ def show_convolution(image: Tensor, kernel: Tensor, fmap: Tensor, *, axes: Seque
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
+    if made:
+        fig.tight_layout()
     return fig
 
 

@@ -70,8 +70,13 @@ def explore_transform(
 
 
 def _render(fig: Figure) -> bytes:
+    """The figure as PNG bytes. Laid out on its first render only: later frames keep that layout,
+    which keeps a widget's answer to a change fast (tight_layout is a quarter of the time)."""
+    if not getattr(fig, "_laid_out", False):
+        fig.tight_layout()
+        fig._laid_out = True
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
+    fig.savefig(buf, format="png", dpi=80, pil_kwargs={"compress_level": 1})
     return buf.getvalue()
 
 
@@ -400,7 +405,6 @@ def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, po
                          title=f"its filter in {view['conv']}: {tuple(f.shape)}" if len(f) > 1 else f"its filter in {view['conv']}")
         else:
             axes[2].axis("off")
-        fig.tight_layout()
         image.value = _render(fig)
         summary.value = (f"<b>{html.escape(layer)}</b>, channel {channel}: a map of {m.shape[0]}×{m.shape[1]}. "
                          "Red: the filter responds; blue: the opposite pattern (negative before the ReLU).")
@@ -417,7 +421,6 @@ def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, po
         top_ax.set(xticks=[], yticks=[])
         top_ax.set_title(f"top 9 of {len(x_pool):,} test digits for channel {channel}\n"
                          f"peak responses {float(values[0]):.2f} … {float(values[-1]):.2f}", fontsize=9)
-        top_fig.tight_layout()
         top_image.value = _render(top_fig)
 
     def set_channels(_change=None) -> None:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from cnnlab.data import ImageSet
-from cnnlab.hooks import capture
+from cnnlab.hooks import feature_maps
 from cnnlab.train import Callback, LoopState, StopTraining, _use_amp
 from cnnlab.viz import show_feature_maps, show_filters
 
@@ -261,20 +261,11 @@ class LiveDashboard(Callback):
         self._throttle.reset()
         self._window_start += spent  # images/s counts training time, not drawing time
 
-    @torch.no_grad()
     def _maps(self, state: LoopState) -> dict[str, Tensor]:
-        if self.data is None or not self._map_layers:
+        if self.data is None:
             return {}
-        model = state.model
-        was_training = model.training
-        model.eval()
-        try:
-            x = self.data.x[self.index : self.index + 1].to(state.device)
-            with capture(model, self._map_layers) as acts:
-                model(x)
-        finally:
-            model.train(was_training)
-        return {name: acts[name][0].float().cpu() for name in self._map_layers}
+        x = self.data.x[self.index : self.index + 1]
+        return {name: feature_maps(state.model, x, name)[0] for name in self._map_layers}
 
     def _layout(self, n_maps: int) -> None:  # curves and filters above, the digit and its maps below
         self._fig = Figure(figsize=(12, 6.6 if n_maps else 3.2))

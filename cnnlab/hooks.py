@@ -8,6 +8,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from cnnlab.models import eval_mode
+
 __all__ = ["capture", "feature_maps", "layer_names", "spatial_layers", "channel_maxima", "top_activating"]
 
 
@@ -49,13 +51,8 @@ def capture(model: nn.Module, layers: Sequence[str], *, detach: bool = True) -> 
 def feature_maps(model: nn.Module, x: Tensor, layer: str) -> Tensor:
     """The output of ``layer`` for images ``x`` (B, C, H, W) — e.g. (B, 32, 26, 26) for SmallCNN's conv1."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with capture(model, [layer]) as acts:
-            model(x.to(device))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), capture(model, [layer]) as acts:
+        model(x.to(device))
     return acts[layer].float().cpu()
 
 
@@ -64,13 +61,8 @@ def spatial_layers(model: nn.Module, input_shape: tuple[int, ...] = (1, 28, 28))
     """The leaf layers whose output is a stack of feature maps, in order: ``{name: (C, H, W)}``."""
     leaves = [name for name, m in model.named_modules() if name and not list(m.children())]
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with capture(model, leaves) as acts:
-            model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), capture(model, leaves) as acts:
+        model(torch.zeros(1, *input_shape, device=device))
     return {name: tuple(acts[name].shape[1:]) for name in leaves if acts[name].dim() == 4}
 
 
@@ -78,16 +70,11 @@ def spatial_layers(model: nn.Module, input_shape: tuple[int, ...] = (1, 28, 28))
 def channel_maxima(model: nn.Module, x: Tensor, layer: str, *, batch_size: int = 500) -> Tensor:
     """The strongest response of every channel of ``layer`` to each image: (N, C)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    try:
-        with capture(model, [layer]) as acts:
-            for i in range(0, len(x), batch_size):
-                model(x[i : i + batch_size].to(device))
-                out.append(acts[layer].float().amax((2, 3)).cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), capture(model, [layer]) as acts:
+        for i in range(0, len(x), batch_size):
+            model(x[i : i + batch_size].to(device))
+            out.append(acts[layer].float().amax((2, 3)).cpu())
     return torch.cat(out)
 
 

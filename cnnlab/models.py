@@ -7,7 +7,9 @@ sizes, and records its constructor arguments in ``.hparams`` so a checkpoint can
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -22,6 +24,7 @@ __all__ = [
     "create_model",
     "count_parameters",
     "shape_table",
+    "eval_mode",
 ]
 
 
@@ -181,17 +184,25 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-@torch.no_grad()
-def shape_table(model: nn.Sequential, input_shape: tuple[int, ...] = (1, 28, 28)) -> list[tuple[str, tuple[int, ...], int]]:
-    """``(layer name, output shape without batch, parameters)`` for each top-level layer, from a forward pass."""
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (dropout off, BatchNorm's running statistics) inside the block;
+    its train/eval mode as it was afterwards, whatever happens inside."""
     was_training = model.training
     model.eval()
     try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def shape_table(model: nn.Sequential, input_shape: tuple[int, ...] = (1, 28, 28)) -> list[tuple[str, tuple[int, ...], int]]:
+    """``(layer name, output shape without batch, parameters)`` for each top-level layer, from a forward pass."""
+    with eval_mode(model):
         x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
         rows = [("input", tuple(input_shape), 0)]
         for name, layer in model.named_children():
             x = layer(x)
             rows.append((name, tuple(x.shape[1:]), count_parameters(layer)))
-    finally:
-        model.train(was_training)
     return rows

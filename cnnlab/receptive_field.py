@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnlab.hooks import capture
+from cnnlab.models import eval_mode
 
 __all__ = [
     "RFLayer",
@@ -84,9 +85,7 @@ def receptive_fields(model: nn.Module, input_shape: tuple[int, int, int] = (1, 2
     size, jump, start = [1, 1], [1, 1], [0, 0]
     rows = []
     x = torch.zeros(1, *input_shape)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             for name, layer in _leaves(model):
                 if isinstance(layer, (nn.Flatten, nn.Linear, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
@@ -106,8 +105,6 @@ def receptive_fields(model: nn.Module, input_shape: tuple[int, int, int] = (1, 2
                     start[axis] -= p * jump[axis]
                     jump[axis] *= s
                 rows.append(RFLayer(name, tuple(x.shape[1:]), tuple(size), tuple(jump), tuple(start)))
-    finally:
-        model.train(was_training)
     return rows
 
 
@@ -134,9 +131,7 @@ def effective_receptive_field(
     """
     device = next(model.parameters()).device
     x = x.detach().to(device).requires_grad_(True)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with capture(model, [layer], detach=False) as acts:
             model(x)
         out = acts[layer]
@@ -145,8 +140,6 @@ def effective_receptive_field(
             raise ValueError(f"unit {unit} is outside {layer}'s {tuple(out.shape[2:])} output")
         picked = out[:, :, i, j] if channel is None else out[:, channel, i, j]
         (grad,) = torch.autograd.grad(picked.sum(), x)
-    finally:
-        model.train(was_training)
     return grad.abs().sum(1).mean(0).cpu()  # over channels, then over images
 
 

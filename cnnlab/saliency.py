@@ -2,9 +2,10 @@
 
 - :func:`input_gradients`: |d class score / d pixel| — which pixels would change the score most.
 - :func:`grad_cam`: Grad-CAM (Selvaraju et al., 2017) — a conv layer's maps weighted by the
-  average gradient of the class score with respect to each map, positive part, upsampled to
-  the input (each unit at the centre of its receptive field). For a network that ends in global average pooling and one linear layer it equals
-  the class activation map (Zhou et al., 2016) divided by the map's area; the tests check that.
+  average gradient of the class score with respect to each map, positive part, laid on the
+  input with each unit at the centre of its receptive field. For a network that ends in global
+  average pooling and one linear layer it equals the class activation map (Zhou et al., 2016)
+  divided by the map's area; the tests check that.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlab.hooks import capture
+from cnnlab.models import eval_mode
 
 __all__ = ["input_gradients", "grad_cam"]
 
@@ -27,33 +29,23 @@ def _targets(logits: Tensor, target: int | Tensor | None) -> Tensor:
     return target
 
 
-def _to_eval(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    return was_training
-
-
 def input_gradients(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> Tensor:
     """|d logit[target] / d x| for images ``x`` (B, C, H, W), the largest over channels: (B, H, W).
     ``target`` None means each image's predicted class."""
     device = next(model.parameters()).device
-    was_training = _to_eval(model)
-    try:
+    with eval_mode(model):
         x = x.detach().to(device).float().requires_grad_(True)
         logits = model(x)
         chosen = logits.gather(1, _targets(logits, target)[:, None]).sum()
         (grad,) = torch.autograd.grad(chosen, x)
-    finally:
-        model.train(was_training)
     return grad.abs().amax(1).cpu()
 
 
 def grad_cam(model: nn.Module, x: Tensor, layer: str, target: int | Tensor | None = None) -> Tensor:
-    """Grad-CAM of ``layer`` for images ``x`` (B, C, H, W): (B, H, W), non-negative, bilinearly
-    upsampled to the input size. ``target`` None means each image's predicted class."""
+    """Grad-CAM of ``layer`` for images ``x`` (B, C, H, W): (B, H, W), non-negative, on the input's
+    grid (see :func:`_to_input`). ``target`` None means each image's predicted class."""
     device = next(model.parameters()).device
-    was_training = _to_eval(model)
-    try:
+    with eval_mode(model):
         with capture(model, [layer], detach=False) as acts:
             logits = model(x.detach().to(device).float())
         maps = acts[layer]  # (B, K, h, w)
@@ -61,8 +53,6 @@ def grad_cam(model: nn.Module, x: Tensor, layer: str, target: int | Tensor | Non
             raise ValueError(f"layer {layer!r} gives shape {tuple(maps.shape)}; Grad-CAM needs a spatial (B, K, h, w) layer")
         chosen = logits.gather(1, _targets(logits, target)[:, None]).sum()
         (grad,) = torch.autograd.grad(chosen, maps)
-    finally:
-        model.train(was_training)
     weights = grad.mean((2, 3), keepdim=True)  # (B, K, 1, 1): how much each map matters
     cam = F.relu((weights * maps).sum(1, keepdim=True))  # (B, 1, h, w)
     return _to_input(model, layer, cam.detach(), tuple(x.shape[1:]))[:, 0].cpu()

@@ -5,9 +5,8 @@
 The loop body is the textbook one (``for xb, yb in batches: loss.backward(); opt.step()``).
 Callbacks see one small :class:`LoopState` at five events: ``before_fit``, ``before_epoch``,
 ``after_batch``, ``after_epoch``, ``after_fit`` (which always runs, so callbacks can clean up).
-A callback raises :class:`StopTraining` to end
-training early; Ctrl-C (the notebook's stop button) finishes the current batch and ends
-training the same way. Either way ``fit`` returns the model trained so far and its history.
+A callback raises :class:`StopTraining` to end training early; Ctrl-C (the notebook's stop
+button) finishes the current batch and ends training the same way. Either way ``fit`` returns the model trained so far and its history.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cnnlab.data import ImageSet
+from cnnlab.models import eval_mode
 
 __all__ = [
     "TrainConfig",
@@ -354,16 +354,14 @@ class Score(NamedTuple):
 def evaluate(model: nn.Module, data: ImageSet, *, batch_size: int = 1000) -> Score:
     """Mean cross-entropy and accuracy of ``model`` on ``data`` (float32, on the model's device)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     data = data.to(device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for xb, yb in data.batches(batch_size):
-        logits = model(xb)
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
-    model.train(was_training)
+    with eval_mode(model):
+        for xb, yb in data.batches(batch_size):
+            logits = model(xb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(1) == yb).sum()
     return Score(loss_sum.item() / len(data), correct.item() / len(data))
 
 
@@ -372,8 +370,6 @@ def predict(model: nn.Module, data: ImageSet | Tensor, *, batch_size: int = 1000
     """Class probabilities, shape (N, classes), on the CPU, for an ImageSet or a batch of images."""
     device = next(model.parameters()).device
     x = data.x if isinstance(data, ImageSet) else data
-    was_training = model.training
-    model.eval()
-    out = [F.softmax(model(x[i : i + batch_size].to(device)).float(), dim=1).cpu() for i in range(0, len(x), batch_size)]
-    model.train(was_training)
+    with eval_mode(model):
+        out = [F.softmax(model(x[i : i + batch_size].to(device)).float(), dim=1).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0)

@@ -30,7 +30,6 @@ __all__ = [
     "tile",
     "show_filters",
     "show_feature_maps",
-    "show_top_activations",
     "show_saliency",
 ]
 
@@ -363,22 +362,6 @@ def show_feature_maps(
         ax.add_patch(Rectangle((q * (w + 1) - 1, r * (h + 1) - 1), w + 1, h + 1, fill=False, ec="gold", lw=2))
     ax.set_title(title or f"{c} feature maps, {h}x{w}", fontsize=9)
     return ax
-
-
-def show_top_activations(data: ImageSet, index: Sequence[int], values: Sequence[float], *, axes: Sequence[Axes] | None = None,
-                         title: str = "") -> Figure:
-    """The images that excite one channel most, each titled with its peak activation."""
-    if axes is None:
-        fig, axes = plt.subplots(1, len(index), figsize=(1.2 * len(index), 1.5))
-    fig = axes[0].figure
-    for ax in axes:
-        ax.axis("off")
-    for ax, i, v in zip(axes, index, values):
-        ax.imshow(data.denormalize(data.x[int(i)].float().cpu())[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
-        ax.set_title(f"{v:.2f}", fontsize=8)
-    if title:
-        axes[0].set_title(f"{title}\n{values[0]:.2f}", fontsize=8, loc="left")
-    return fig
 
 
 def show_saliency(image: Tensor, maps: Mapping[str, Tensor], *, axes: Sequence[Axes] | None = None, title: str = "") -> Figure:

@@ -130,12 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m cnnlab`` and the ``cnnlab`` script."""
     from cnnlab.checkpoint import CheckpointError
     from cnnlab.data import DataError
-    from cnnlab.train import DeviceError
+    from cnnlab.device import DeviceError, pick_device
 
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:
+            pick_device(args.device)  # a bad --device is refused before any data is loaded
         return args.func(args)
-    except (DataError, DeviceError, CheckpointError, ValueError) as err:
+    except DeviceError as err:
+        print(f"error: {err.for_cli()}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -20,7 +20,8 @@ from torchvision import datasets, transforms
 
 from cnnlab import data
 from cnnlab.models import SmallCNN
-from cnnlab.train import TrainConfig, fit, pick_device, seed_everything
+from cnnlab.device import pick_device
+from cnnlab.train import TrainConfig, fit, seed_everything
 
 #: cnnlab's settings: fit's defaults (Adam, one-cycle schedule, batch 64) for one epoch.
 CNNLAB_SETTINGS = {"epochs": 1}

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from cnnlab.data import ImageSet
 from cnnlab.hooks import feature_maps
-from cnnlab.train import Callback, LoopState, StopTraining, _use_amp
+from cnnlab.train import Callback, LoopState, StopTraining
 from cnnlab.viz import show_feature_maps, show_filters
 
 __all__ = ["Every", "StopButton", "LiveDashboard", "in_notebook"]
@@ -139,7 +139,8 @@ def _stop_button_html(kernel_id: str | None) -> str:
 class LiveDashboard(Callback):
     """Training watched live: loss and accuracy curves (train and test), the first conv layer's
     filters, and the feature maps of one fixed digit for each conv layer, with images/s, elapsed
-    time and device, plus a :class:`StopButton`.
+    time and device. Give it a :class:`StopButton` as a sibling to stop from the page:
+    ``fit(..., callbacks=[StopButton(), LiveDashboard(test_set)])``.
 
     Frames are drawn at most every ``every_s`` seconds, and further apart if drawing would take
     more than ``budget`` of the time (the dashboard times itself: ``seconds``, ``share``).
@@ -155,7 +156,6 @@ class LiveDashboard(Callback):
         layers: list[str] | None = None,
         every_s: float = 2.0,
         budget: float = 0.04,
-        stop_button: bool = True,
         show: bool | None = None,
     ):
         if not 0 < budget < 1:
@@ -165,7 +165,6 @@ class LiveDashboard(Callback):
         self.data, self.index, self.layers = data, index, layers
         self.every_s, self.budget = every_s, budget
         self.show = in_notebook() if show is None else show
-        self.stop = StopButton() if stop_button else None
         self.frames = 0
         self.png = b""  # the latest frame
         self.seconds = 0.0  # time spent inside the dashboard
@@ -179,7 +178,7 @@ class LiveDashboard(Callback):
     def before_fit(self, state: LoopState) -> None:
         t0 = time.perf_counter()
         self.frames, self.seconds, self.fit_seconds, self.png = 0, 0.0, 0.0, b""
-        self._bf16 = _use_amp(state.config, state.device)
+        self._bf16 = state.amp
         self.curves = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
         self._reset_window(state)
         self._throttle = Every(self.every_s)
@@ -187,14 +186,10 @@ class LiveDashboard(Callback):
         convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         self._first_conv = dict(model.named_modules())[convs[0]] if convs else None
         self._map_layers = self.layers if self.layers is not None else convs
-        if self.stop is not None:
-            self.stop.before_fit(state)
         self._draw(state)
         self.seconds += time.perf_counter() - t0
 
     def after_batch(self, state: LoopState) -> None:
-        if self.stop is not None:
-            self.stop.after_batch(state)  # raises StopTraining when asked to
         n = len(state.yb)
         self._loss_sum += state.loss.detach().float() * n
         self._correct += (state.logits.argmax(1) == state.yb).sum()
@@ -212,8 +207,6 @@ class LiveDashboard(Callback):
     def after_fit(self, state: LoopState) -> None:
         t0 = time.perf_counter()
         try:
-            if self.stop is not None:
-                self.stop.after_fit(state)
             if self._seen:
                 self._record_window(state)
             self._draw(state, final=True)

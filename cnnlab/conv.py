@@ -1,5 +1,7 @@
 """A convolution written out by hand, twice (loops, then ``unfold``), to check against ``F.conv2d``.
 
+Like ``F.conv2d``, every function here computes on its inputs' device and returns its result there.
+
 PyTorch's ``conv2d`` is a cross-correlation: the kernel is not flipped. Both versions here
 compute exactly what it computes, for any kernel size, stride, padding and dilation
 (``groups=1``).
@@ -41,7 +43,7 @@ def conv2d_loops(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1
     x = F.pad(x, (pw, pw, ph, ph))
     h_out = conv_output_size(x.shape[2] - 2 * ph, kh, sh, ph, dh)
     w_out = conv_output_size(x.shape[3] - 2 * pw, kw, sw, pw, dw)
-    out = torch.zeros(x.shape[0], c_out, h_out, w_out, dtype=x.dtype)
+    out = torch.zeros(x.shape[0], c_out, h_out, w_out, dtype=x.dtype, device=x.device)
     for i in range(h_out):
         for j in range(w_out):
             # The patch this output position sees: (B, C_in, kh, kw), every dilation-th pixel.
@@ -59,7 +61,7 @@ def conv2d_unfold(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=
     h_out = conv_output_size(x.shape[2], kh, _pair(stride)[0], _pair(padding)[0], _pair(dilation)[0])
     w_out = conv_output_size(x.shape[3], kw, _pair(stride)[1], _pair(padding)[1], _pair(dilation)[1])
     cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # (B, C_in*kh*kw, L)
-    out = weight.view(c_out, -1) @ cols  # (B, C_out, L): one dot product per (filter, position)
+    out = weight.reshape(c_out, -1) @ cols  # (B, C_out, L): one dot product per (filter, position)
     if bias is not None:
         out += bias.view(1, -1, 1)
     return out.view(x.shape[0], c_out, h_out, w_out)
@@ -100,9 +102,10 @@ KERNEL_PRESETS: dict[str, Tensor | None] = {
 
 
 def apply_kernel(image: Tensor, kernel: Tensor, stride: int = 1, padding: int = 0) -> Tensor:
-    """The feature map of one (H, W) or (1, H, W) image under one kernel: an (H', W') tensor."""
+    """The feature map of one (H, W) or (1, H, W) image under one kernel: an (H', W') tensor on
+    the image's device (the kernel, a tensor or nested lists, joins it there)."""
     x = image.float().reshape(1, 1, *image.shape[-2:])
-    k = torch.as_tensor(kernel, dtype=torch.float32)
+    k = torch.as_tensor(kernel, dtype=torch.float32, device=x.device)
     conv_output_size(x.shape[-1], k.shape[-1], stride, padding)  # a clear error if it does not fit
     return F.conv2d(x, k.reshape(1, 1, *k.shape), stride=stride, padding=padding)[0, 0]
 

@@ -11,7 +11,8 @@ import torchvision
 
 import cnnlab
 from cnnlab.data import DATASETS, DataError, locate
-from cnnlab.train import cpu_has_bf16, pick_device
+from cnnlab.device import pick_device
+from cnnlab.train import cpu_has_bf16
 
 #: Datasets the series cannot run without; the others are needed by later notebooks only.
 REQUIRED = ("mnist",)

@@ -21,8 +21,7 @@ from torch import Tensor, nn
 from cnnlab.data import ImageSet
 from cnnlab.hooks import feature_maps
 from cnnlab.train import predict
-from cnnlab.viz import show_feature_maps, show_prediction
-from cnnlab.widgets import _render
+from cnnlab.viz import render_png, show_feature_maps, show_prediction
 
 __all__ = ["render_strokes", "mnist_style", "predict_drawing", "drawing_pad"]
 
@@ -55,7 +54,7 @@ def mnist_style(image: Tensor, *, box: int = 20, size: int = 28, threshold: floa
         img = img[0]
     if img.dim() != 2:
         raise ValueError(f"expected one grey image (H, W) or (1, H, W), got shape {tuple(image.shape)}")
-    out = torch.zeros(1, size, size)
+    out = torch.zeros(1, size, size, device=img.device)
     ink = img > threshold
     if not ink.any():
         return out
@@ -67,8 +66,8 @@ def mnist_style(image: Tensor, *, box: int = 20, size: int = 28, threshold: floa
     small = F.interpolate(crop[None, None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0, 0]
     small = small.clamp(0, 1)
     mass = small.sum()
-    cy = float((small.sum(1) * torch.arange(nh)).sum() / mass)
-    cx = float((small.sum(0) * torch.arange(nw)).sum() / mass)
+    cy = float((small.sum(1) * torch.arange(nh, device=img.device)).sum() / mass)
+    cx = float((small.sum(0) * torch.arange(nw, device=img.device)).sum() / mass)
     centre = size / 2  # MNIST's digits have their centre of mass at pixel (14, 14), measured: 13.99, 14.01
     top = min(max(round(centre - cy), 0), size - nh)
     left = min(max(round(centre - cx), 0), size - nw)
@@ -138,7 +137,7 @@ def drawing_pad(
         for ax, layer in zip(axes[1 + len(models) :], layers):
             maps = feature_maps(maps_model, digit[None], layer)[0]
             show_feature_maps(maps, ax=ax, title=f"CNN {layer}")
-        image.value = _render(fig)
+        image.value = render_png(fig)
         summary.value = " &nbsp;|&nbsp; ".join(
             f"<b>{html.escape(name)}</b>: {html.escape(data.classes[int(p.argmax())])} ({float(p.max()):.1%})"
             for name, p in probs.items())

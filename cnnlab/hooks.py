@@ -8,14 +8,24 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from cnnlab.device import model_device
 from cnnlab.models import eval_mode
 
-__all__ = ["capture", "feature_maps", "layer_names", "spatial_layers", "channel_maxima", "top_activating"]
+__all__ = [
+    "capture", "feature_maps", "layer_names", "leaf_layers", "spatial_layers", "channel_maxima", "top_activating",
+    "filter_of", "feature_map_view",
+]
 
 
 def layer_names(model: nn.Module) -> list[str]:
     """Names of the model's modules, as ``capture`` and ``feature_maps`` accept them."""
     return [name for name, _ in model.named_modules() if name]
+
+
+def leaf_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` for every layer with no sub-layers, in the order they were defined:
+    the chain that receptive-field arithmetic and feature-map viewers walk."""
+    return [(name, m) for name, m in model.named_modules() if name and not list(m.children())]
 
 
 @contextlib.contextmanager
@@ -50,26 +60,24 @@ def capture(model: nn.Module, layers: Sequence[str], *, detach: bool = True) -> 
 @torch.no_grad()
 def feature_maps(model: nn.Module, x: Tensor, layer: str) -> Tensor:
     """The output of ``layer`` for images ``x`` (B, C, H, W) — e.g. (B, 32, 26, 26) for SmallCNN's conv1."""
-    device = next(model.parameters()).device
     with eval_mode(model), capture(model, [layer]) as acts:
-        model(x.to(device))
+        model(x.to(model_device(model)))
     return acts[layer].float().cpu()
 
 
 @torch.no_grad()
 def spatial_layers(model: nn.Module, input_shape: tuple[int, ...] = (1, 28, 28)) -> dict[str, tuple[int, int, int]]:
     """The leaf layers whose output is a stack of feature maps, in order: ``{name: (C, H, W)}``."""
-    leaves = [name for name, m in model.named_modules() if name and not list(m.children())]
-    device = next(model.parameters()).device
+    leaves = [name for name, _ in leaf_layers(model)]
     with eval_mode(model), capture(model, leaves) as acts:
-        model(torch.zeros(1, *input_shape, device=device))
+        model(torch.zeros(1, *input_shape, device=model_device(model)))
     return {name: tuple(acts[name].shape[1:]) for name in leaves if acts[name].dim() == 4}
 
 
 @torch.no_grad()
 def channel_maxima(model: nn.Module, x: Tensor, layer: str, *, batch_size: int = 500) -> Tensor:
     """The strongest response of every channel of ``layer`` to each image: (N, C)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = []
     with eval_mode(model), capture(model, [layer]) as acts:
         for i in range(0, len(x), batch_size):
@@ -85,3 +93,29 @@ def top_activating(maxima: Tensor, channel: int, k: int = 9) -> tuple[Tensor, Te
         raise ValueError(f"channel must be from 0 to {maxima.shape[1] - 1}, got {channel}")
     values, index = maxima[:, channel].topk(min(k, len(maxima)))
     return index, values
+
+
+def filter_of(model: nn.Module, layer: str) -> tuple[str, Tensor] | None:
+    """The conv layer that makes ``layer``'s channels (itself, or the last conv before it) and
+    its weights on the CPU; ``None`` before any conv."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            last = (name, m.weight.detach().float().cpu())
+        if name == layer:
+            return last
+    return None
+
+
+def feature_map_view(model: nn.Module, x: Tensor, layer: str, channel: int) -> dict:
+    """Everything the feature-map explorer shows for one image ``x`` (C, H, W): the layer's maps
+    (C', H', W'), the chosen channel's map, and the filter that made it (``None`` before any conv)."""
+    layers = spatial_layers(model, tuple(x.shape))
+    if layer not in layers:
+        raise ValueError(f"{layer!r} has no feature maps; choose one of {list(layers)}")
+    if not isinstance(channel, int) or not 0 <= channel < layers[layer][0]:
+        raise ValueError(f"channel must be a whole number from 0 to {layers[layer][0] - 1}, got {channel!r}")
+    maps = feature_maps(model, x[None], layer)[0]
+    conv = filter_of(model, layer)
+    return {"maps": maps, "map": maps[channel], "conv": conv[0] if conv else None,
+            "filter": conv[1][channel] if conv else None}

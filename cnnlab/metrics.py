@@ -33,7 +33,7 @@ def per_class_accuracy(cm: Tensor) -> Tensor:
 
 def most_confident_mistakes(probs: Tensor, y_true: Tensor, k: int = 16) -> Tensor:
     """Indices of the ``k`` wrong predictions made with the highest probability, most confident first."""
-    confidence, predicted = probs.max(1)
+    confidence, predicted = probs.detach().cpu().max(1)
     wrong = (predicted != y_true.cpu()).nonzero().squeeze(1)
     order = confidence[wrong].argsort(descending=True)
     return wrong[order[:k]]

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from cnnlab.conv import conv_output_size
+from cnnlab.device import model_device
 
 __all__ = [
     "LinearClassifier",
@@ -25,12 +28,8 @@ __all__ = [
     "count_parameters",
     "shape_table",
     "eval_mode",
+    "as_named_models",
 ]
-
-
-def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
-    """Spatial size after a convolution or pooling: floor((size + 2p - d(k-1) - 1) / s) + 1."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 class _Model(nn.Sequential):
@@ -200,9 +199,22 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def shape_table(model: nn.Sequential, input_shape: tuple[int, ...] = (1, 28, 28)) -> list[tuple[str, tuple[int, ...], int]]:
     """``(layer name, output shape without batch, parameters)`` for each top-level layer, from a forward pass."""
     with eval_mode(model):
-        x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+        x = torch.zeros(1, *input_shape, device=model_device(model))
         rows = [("input", tuple(input_shape), 0)]
         for name, layer in model.named_children():
             x = layer(x)
             rows.append((name, tuple(x.shape[1:]), count_parameters(layer)))
     return rows
+
+
+def as_named_models(models: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    """``{name: model}`` from one model, a list (named by their ``.name``) or a dict."""
+    if isinstance(models, nn.Module):
+        models = [models]
+    if isinstance(models, Mapping):
+        named = dict(models)
+    else:
+        named = {getattr(m, "name", "") or f"model {i}": m for i, m in enumerate(models)}
+    if not named:
+        raise ValueError("give at least one model")
+    return named

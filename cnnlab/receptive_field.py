@@ -19,13 +19,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from cnnlab.hooks import capture
+from cnnlab.device import model_device
+from cnnlab.hooks import capture, leaf_layers
 from cnnlab.models import eval_mode
 
 __all__ = [
     "RFLayer",
     "receptive_fields",
     "input_region",
+    "receptive_field_view",
     "effective_receptive_field",
     "linearised",
     "erf_extent",
@@ -69,10 +71,6 @@ def _params(layer: nn.Module):
     return None
 
 
-def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules() if not list(m.children()) and name]
-
-
 def receptive_fields(model: nn.Module, input_shape: tuple[int, int, int] = (1, 28, 28)) -> list[RFLayer]:
     """The theoretical receptive field after every spatial layer of ``model``, in order.
 
@@ -84,10 +82,10 @@ def receptive_fields(model: nn.Module, input_shape: tuple[int, int, int] = (1, 2
         model = nn.Sequential(model)
     size, jump, start = [1, 1], [1, 1], [0, 0]
     rows = []
-    x = torch.zeros(1, *input_shape)
+    x = torch.zeros(1, *input_shape, device=model_device(model))  # a shape probe, where the model is
     with eval_mode(model):
         with torch.no_grad():
-            for name, layer in _leaves(model):
+            for name, layer in leaf_layers(model):
                 if isinstance(layer, (nn.Flatten, nn.Linear, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
                     break
                 params = _params(layer)
@@ -117,6 +115,17 @@ def input_region(model: nn.Module, layer: str, unit: tuple[int, int], input_shap
                      f"{[r.name for r in receptive_fields(model, input_shape)]}")
 
 
+def receptive_field_view(model: nn.Module, layer: str, unit: tuple[int, int], x: Tensor) -> tuple[RFLayer, tuple[slice, slice], Tensor]:
+    """A unit's theoretical receptive field (its layer's row and the clipped input region) and
+    its effective receptive field averaged over the images ``x``: what the explorer shows."""
+    rows = {r.name: r for r in receptive_fields(model, tuple(x.shape[1:]))}
+    if layer not in rows:
+        raise ValueError(f"{layer!r} is not a spatial layer; choose one of {list(rows)}")
+    row = rows[layer]
+    region = row.region(unit, tuple(x.shape[-2:]))
+    return row, region, effective_receptive_field(model, layer, x, unit)
+
+
 def effective_receptive_field(
     model: nn.Module,
     layer: str,
@@ -129,8 +138,7 @@ def effective_receptive_field(
     ``unit`` is the (row, column) of the unit in ``layer``'s output; ``channel`` picks one
     channel (default: the sum over all channels).
     """
-    device = next(model.parameters()).device
-    x = x.detach().to(device).requires_grad_(True)
+    x = x.detach().to(model_device(model)).requires_grad_(True)
     with eval_mode(model):
         with capture(model, [layer], detach=False) as acts:
             model(x)

@@ -18,6 +18,7 @@ from torch import nn
 from cnnlab import cache_dir, smoke_mode
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.data import ImageSet
+from cnnlab.device import pick_device
 from cnnlab.train import History, fit, make_config, seed_everything
 
 __all__ = ["SERIES_SETTINGS", "series_settings", "run_path", "save_run", "load_or_train"]
@@ -67,8 +68,13 @@ def load_or_train(
     test_set: ImageSet,
     **settings,
 ) -> tuple[nn.Module, History]:
-    """The saved run ``name`` trained with ``settings``, or (if there is none) train and save it now."""
+    """The saved run ``name`` trained with ``settings``, or (if there is none) train and save it now.
+
+    Either way the model comes back on the training device (``settings["device"]``, else the best
+    available), in eval mode, so what follows does not depend on whether a saved run was found.
+    """
     config = asdict(make_config(**settings))
+    device = pick_device(config["device"])  # a bad device is refused before anything is loaded or trained
     seed_everything(config["seed"])
     model = make_model()
     path = run_path(name, model, train_set, config)
@@ -76,7 +82,7 @@ def load_or_train(
         try:
             ckpt = load_checkpoint(path, model=model)
             print(f"{name}: loaded the saved run {path.name} (test accuracy {ckpt.metrics.get('test_acc', float('nan')):.2%})")
-            return ckpt.model, ckpt.history
+            return ckpt.model.to(device), ckpt.history
         except CheckpointError as err:
             print(f"{name}: the saved run could not be used ({err}); training again")
     else:

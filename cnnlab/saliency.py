@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnlab.device import model_device
 from cnnlab.hooks import capture
 from cnnlab.models import eval_mode
 
@@ -32,9 +33,8 @@ def _targets(logits: Tensor, target: int | Tensor | None) -> Tensor:
 def input_gradients(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> Tensor:
     """|d logit[target] / d x| for images ``x`` (B, C, H, W), the largest over channels: (B, H, W).
     ``target`` None means each image's predicted class."""
-    device = next(model.parameters()).device
     with eval_mode(model):
-        x = x.detach().to(device).float().requires_grad_(True)
+        x = x.detach().to(model_device(model)).float().requires_grad_(True)
         logits = model(x)
         chosen = logits.gather(1, _targets(logits, target)[:, None]).sum()
         (grad,) = torch.autograd.grad(chosen, x)
@@ -44,10 +44,9 @@ def input_gradients(model: nn.Module, x: Tensor, target: int | Tensor | None = N
 def grad_cam(model: nn.Module, x: Tensor, layer: str, target: int | Tensor | None = None) -> Tensor:
     """Grad-CAM of ``layer`` for images ``x`` (B, C, H, W): (B, H, W), non-negative, on the input's
     grid (see :func:`_to_input`). ``target`` None means each image's predicted class."""
-    device = next(model.parameters()).device
     with eval_mode(model):
         with capture(model, [layer], detach=False) as acts:
-            logits = model(x.detach().to(device).float())
+            logits = model(x.detach().to(model_device(model)).float())
         maps = acts[layer]  # (B, K, h, w)
         if maps.dim() != 4:
             raise ValueError(f"layer {layer!r} gives shape {tuple(maps.shape)}; Grad-CAM needs a spatial (B, K, h, w) layer")
@@ -71,7 +70,7 @@ def _to_input(model: nn.Module, layer: str, cam: Tensor, input_shape: tuple[int,
             row = rows.get(name, row)
             if name == layer:
                 break
-    except ValueError:
+    except (ValueError, TypeError):  # a layer the arithmetic does not know (TypeError) or a bad shape
         row = None
     if row is None or row.out_shape[1:] != tuple(cam.shape[2:]):
         return F.interpolate(cam, size=input_shape[-2:], mode="bilinear", align_corners=False)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cnnlab.data import ImageSet
+from cnnlab.device import DeviceError, model_device, pick_device
 from cnnlab.models import eval_mode
 
 __all__ = [
@@ -36,11 +37,9 @@ __all__ = [
     "LoopState",
     "Callback",
     "StopTraining",
-    "DeviceError",
     "fit",
     "evaluate",
     "predict",
-    "pick_device",
     "seed_everything",
 ]
 
@@ -145,10 +144,7 @@ class LoopState:
     loss: Tensor | None = None  # the last batch's loss (a device tensor: .item() syncs)
     logits: Tensor | None = None  # the last batch's outputs (B, classes)
     started: float = 0.0  # time.perf_counter() at the start of fit
-
-
-class DeviceError(RuntimeError):
-    """The device asked for is not available here."""
+    amp: bool = False  # training in bf16 autocast (see TrainConfig.amp)
 
 
 class StopTraining(Exception):
@@ -165,25 +161,6 @@ class Callback:
     def after_batch(self, state: LoopState) -> None: ...
     def after_epoch(self, state: LoopState) -> None: ...
     def after_fit(self, state: LoopState) -> None: ...
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The training device: ``device`` if given, else CUDA, then Apple's MPS, then the CPU."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(
-            f"device {str(device)!r} was asked for but CUDA is not available "
-            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use device='cpu' or None"
-        )
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DeviceError(f"device {str(device)!r} was asked for but MPS is not available; use 'cpu' or None")
-    return dev
 
 
 def seed_everything(seed: int) -> None:
@@ -274,7 +251,7 @@ def fit(
     schedule, schedule_every = _make_schedule(opt, cfg, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed)
     history = History(config=asdict(cfg), device=str(device), model=getattr(model, "name", type(model).__name__))
-    state = LoopState(model, opt, cfg, history, device, steps_per_epoch, started=time.perf_counter())
+    state = LoopState(model, opt, cfg, history, device, steps_per_epoch, started=time.perf_counter(), amp=amp)
     cbs = sorted(callbacks, key=lambda cb: getattr(cb, "order", 0))
 
     def run(event: str) -> None:
@@ -353,7 +330,7 @@ class Score(NamedTuple):
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageSet, *, batch_size: int = 1000) -> Score:
     """Mean cross-entropy and accuracy of ``model`` on ``data`` (float32, on the model's device)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     data = data.to(device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -367,9 +344,10 @@ def evaluate(model: nn.Module, data: ImageSet, *, batch_size: int = 1000) -> Sco
 
 @torch.no_grad()
 def predict(model: nn.Module, data: ImageSet | Tensor, *, batch_size: int = 1000) -> Tensor:
-    """Class probabilities, shape (N, classes), on the CPU, for an ImageSet or a batch of images."""
-    device = next(model.parameters()).device
+    """Class probabilities, shape (N, classes), on the CPU, for an ImageSet or a batch of images
+    (on any device; the model computes on its own)."""
+    device = model_device(model)
     x = data.x if isinstance(data, ImageSet) else data
     with eval_mode(model):
         out = [F.softmax(model(x[i : i + batch_size].to(device)).float(), dim=1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0)
+    return torch.cat(out) if out else torch.empty(0, device="cpu")

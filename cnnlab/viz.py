@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 
@@ -31,6 +32,7 @@ __all__ = [
     "show_filters",
     "show_feature_maps",
     "show_saliency",
+    "render_png",
 ]
 
 
@@ -89,6 +91,7 @@ def plot_confusion(cm: Tensor, classes: Sequence[str], *, ax: Axes | None = None
     """A confusion matrix with counts; the diagonal (correct) is left blank so errors stand out."""
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 4.6))
+    cm = cm.detach().cpu()
     errors = cm.clone().double()
     errors.fill_diagonal_(float("nan"))
     ax.imshow(errors.numpy(), cmap="Reds")
@@ -194,6 +197,7 @@ def show_mistakes(data: ImageSet, probs: Tensor, *, k: int = 16, ncols: int = 8)
     """The ``k`` most confident mistakes, titled ``true→predicted probability``."""
     from cnnlab.metrics import most_confident_mistakes
 
+    probs = probs.detach().float().cpu()
     index = most_confident_mistakes(probs, data.y, k)
     short = [c.split(" - ")[0] for c in data.classes]
     titles = [f"{short[int(data.y[i])]}→{short[int(probs[i].argmax())]} {float(probs[i].max()):.0%}" for i in index]
@@ -255,7 +259,7 @@ def show_receptive_field(
     axes[0].add_patch(box())
     axes[0].set_title(title or "theoretical receptive field", fontsize=9)
     if erf is not None:
-        axes[1].imshow(erf.numpy(), cmap="magma")
+        axes[1].imshow(erf.detach().float().cpu().numpy(), cmap="magma")
         axes[1].add_patch(box())
         axes[1].set_title("effective: |d unit / d input|", fontsize=9)
     for ax in axes:
@@ -376,7 +380,8 @@ def show_saliency(image: Tensor, maps: Mapping[str, Tensor], *, axes: Sequence[A
     axes[0].imshow(gray, cmap="gray_r", vmin=0, vmax=1)
     axes[0].set_title(title or "input", fontsize=9)
     for ax, (name, m) in zip(axes[1:], maps.items()):
-        m = (m.detach().float().cpu() / m.max().clamp(min=1e-12)).numpy()
+        m = m.detach().float().cpu()
+        m = (m / m.max().clamp(min=1e-12)).numpy()
         ax.imshow(gray, cmap="gray_r", vmin=0, vmax=2.5)  # the digit, faint, under the heat map
         ax.imshow(np.ma.masked_less(m, 0.05), cmap="inferno_r", alpha=0.75, vmin=0, vmax=1)
         ax.set_title(name, fontsize=9)
@@ -385,3 +390,15 @@ def show_saliency(image: Tensor, maps: Mapping[str, Tensor], *, axes: Sequence[A
         ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+def render_png(fig: Figure, dpi: int = 80) -> bytes:
+    """The figure as PNG bytes, for an ``ipywidgets.Image`` or a display handle. Laid out on its
+    first render only: later frames keep that layout, which keeps a widget's answer to a change
+    fast (tight_layout is a quarter of the time)."""
+    if not getattr(fig, "_laid_out", False):
+        fig.tight_layout()
+        fig._laid_out = True
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
+    return buf.getvalue()

@@ -1,10 +1,19 @@
 """Interactive explorers. Each is a function returning an ipywidget, built on a plain function
-that works (and is tested) without one: call the plain function first, then the widget."""
+that works (and is tested) without one and lives in the module of its concept: call the plain
+function first, then the widget.
+
+| widget | plain function |
+|---|---|
+| :func:`shift_explorer` | :func:`cnnlab.transforms.explore_transform` |
+| :func:`kernel_playground` | :func:`cnnlab.conv.apply_kernel` |
+| :func:`shape_calculator` | :func:`cnnlab.conv.conv_layer_summary` |
+| :func:`receptive_field_explorer` | :func:`cnnlab.receptive_field.receptive_field_view` |
+| :func:`feature_map_explorer` | :func:`cnnlab.hooks.feature_map_view` |
+"""
 
 from __future__ import annotations
 
 import html
-import io
 from collections.abc import Mapping, Sequence
 
 import ipywidgets as widgets
@@ -13,11 +22,12 @@ from torch import Tensor, nn
 
 from cnnlab.conv import KERNEL_PRESETS, apply_kernel, conv_layer_summary, kernel_preset, parse_kernel
 from cnnlab.data import ImageSet
-from cnnlab.hooks import channel_maxima, feature_maps, spatial_layers, top_activating
-from cnnlab.receptive_field import RFLayer, effective_receptive_field, receptive_fields
-from cnnlab.train import predict
-from cnnlab.transforms import transform_digit
+from cnnlab.hooks import channel_maxima, feature_map_view, spatial_layers, top_activating
+from cnnlab.models import as_named_models
+from cnnlab.receptive_field import receptive_field_view, receptive_fields
+from cnnlab.transforms import explore_transform
 from cnnlab.viz import (
+    render_png,
     show_convolution,
     show_feature_maps,
     show_filters,
@@ -27,57 +37,12 @@ from cnnlab.viz import (
 )
 
 __all__ = [
-    "as_named_models",
-    "explore_transform",
     "shift_explorer",
     "kernel_playground",
     "shape_calculator",
-    "receptive_field_view",
     "receptive_field_explorer",
-    "feature_map_view",
     "feature_map_explorer",
 ]
-
-
-def as_named_models(models: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module]) -> dict[str, nn.Module]:
-    """``{name: model}`` from one model, a list (named by their ``.name``) or a dict."""
-    if isinstance(models, nn.Module):
-        models = [models]
-    if isinstance(models, Mapping):
-        named = dict(models)
-    else:
-        named = {getattr(m, "name", "") or f"model {i}": m for i, m in enumerate(models)}
-    if not named:
-        raise ValueError("give at least one model")
-    return named
-
-
-def explore_transform(
-    models: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module],
-    data: ImageSet,
-    index: int,
-    dx: float = 0,
-    dy: float = 0,
-    angle: float = 0.0,
-    scale: float = 1.0,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The test digit at ``index`` moved/rotated/scaled, and each model's class probabilities for it."""
-    if not isinstance(index, int) or not 0 <= index < len(data):
-        raise ValueError(f"index must be a whole number from 0 to {len(data) - 1}, got {index!r}")
-    image = transform_digit(data.x[index].cpu(), dx, dy, angle, scale, fill=data.background)
-    probs = {name: predict(model, image.unsqueeze(0))[0] for name, model in as_named_models(models).items()}
-    return image, probs
-
-
-def _render(fig: Figure) -> bytes:
-    """The figure as PNG bytes. Laid out on its first render only: later frames keep that layout,
-    which keeps a widget's answer to a change fast (tight_layout is a quarter of the time)."""
-    if not getattr(fig, "_laid_out", False):
-        fig.tight_layout()
-        fig._laid_out = True
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, pil_kwargs={"compress_level": 1})
-    return buf.getvalue()
 
 
 def _summary(probs: Mapping[str, Tensor], classes: Sequence[str], true_label: str) -> str:
@@ -123,7 +88,7 @@ def shift_explorer(
         for ax in axes:
             ax.clear()
         show_prediction(img, probs, data.classes, axes=axes, mean=data.mean, std=data.std)
-        image.value = _render(fig)
+        image.value = render_png(fig)
         summary.value = _summary(probs, data.classes, data.classes[int(data.y[values["index"]])])
 
     for c in controls.values():
@@ -174,7 +139,7 @@ def kernel_playground(data: ImageSet, index: int = 0, size: int = 3, preset: str
         for ax in axes:
             ax.clear()
         show_convolution(raw, kernel, fmap, axes=axes)
-        image.value = _render(fig)
+        image.value = render_png(fig)
         k, h = kernel.shape[0], raw.shape[-1]
         status.value = (f"output size: floor(({h} + 2·{padding} − {k}) / {stride}) + 1 = <b>{fmap.shape[-1]}</b>; "
                         f"response range {float(fmap.min()):.2f} … {float(fmap.max()):.2f}")
@@ -241,17 +206,6 @@ def shape_calculator() -> widgets.VBox:
     return box
 
 
-def receptive_field_view(model: nn.Module, layer: str, unit: tuple[int, int], x: Tensor) -> tuple[RFLayer, tuple[slice, slice], Tensor]:
-    """A unit's theoretical receptive field (its layer's row and the clipped input region) and
-    its effective receptive field averaged over the images ``x``."""
-    rows = {r.name: r for r in receptive_fields(model, tuple(x.shape[1:]))}
-    if layer not in rows:
-        raise ValueError(f"{layer!r} is not a spatial layer; choose one of {list(rows)}")
-    row = rows[layer]
-    region = row.region(unit, tuple(x.shape[-2:]))
-    return row, region, effective_receptive_field(model, layer, x, unit)
-
-
 def receptive_field_explorer(models: Mapping[str, nn.Module], data: ImageSet, *, images: int = 64) -> widgets.VBox:
     """Pick a model, a layer and a unit: its theoretical receptive field is drawn on a digit, its
     effective one (averaged over ``images`` test digits) as a heat map beside it."""
@@ -288,7 +242,7 @@ def receptive_field_explorer(models: Mapping[str, nn.Module], data: ImageSet, *,
             ax.clear()
         digit = data.denormalize(data.x[controls["index"].value].cpu())
         show_receptive_field(digit, region, erf, axes=axes, title=f"{row.name}, unit {unit}")
-        image.value = _render(fig)
+        image.value = render_png(fig)
         summary.value = (f"<b>{row.name}</b>: output {row.out_shape}; receptive field <b>{row.size[0]}×{row.size[1]}</b>, "
                          f"jump {row.jump[0]}; unit {unit} sees rows {region[0].start}–{region[0].stop - 1}, "
                          f"columns {region[1].start}–{region[1].stop - 1}")
@@ -324,31 +278,6 @@ def receptive_field_explorer(models: Mapping[str, nn.Module], data: ImageSet, *,
                         widgets.HBox([controls["row"], controls["col"]]), summary, image])
     box.controls, box.image, box.summary = controls, image, summary
     return box
-
-
-def _filter_of(model: nn.Module, layer: str) -> tuple[str, Tensor] | None:
-    """The conv layer that makes ``layer``'s channels (itself, or the last conv before it) and its weights."""
-    last = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            last = (name, m.weight.detach().float().cpu())
-        if name == layer:
-            return last
-    return None
-
-
-def feature_map_view(model: nn.Module, x: Tensor, layer: str, channel: int) -> dict:
-    """Everything the feature-map explorer shows for one image ``x`` (C, H, W): the layer's maps
-    (C', H', W'), the chosen channel's map, and the filter that made it (``None`` before any conv)."""
-    layers = spatial_layers(model, tuple(x.shape))
-    if layer not in layers:
-        raise ValueError(f"{layer!r} has no feature maps; choose one of {list(layers)}")
-    if not isinstance(channel, int) or not 0 <= channel < layers[layer][0]:
-        raise ValueError(f"channel must be a whole number from 0 to {layers[layer][0] - 1}, got {channel!r}")
-    maps = feature_maps(model, x[None], layer)[0]
-    conv = _filter_of(model, layer)
-    return {"maps": maps, "map": maps[channel], "conv": conv[0] if conv else None,
-            "filter": conv[1][channel] if conv else None}
 
 
 def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, pool: int = 2000, drawing=None) -> widgets.VBox:
@@ -405,7 +334,7 @@ def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, po
                          title=f"its filter in {view['conv']}: {tuple(f.shape)}" if len(f) > 1 else f"its filter in {view['conv']}")
         else:
             axes[2].axis("off")
-        image.value = _render(fig)
+        image.value = render_png(fig)
         summary.value = (f"<b>{html.escape(layer)}</b>, channel {channel}: a map of {m.shape[0]}×{m.shape[1]}. "
                          "Red: the filter responds; blue: the opposite pattern (negative before the ReLU).")
 
@@ -421,7 +350,7 @@ def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, po
         top_ax.set(xticks=[], yticks=[])
         top_ax.set_title(f"top 9 of {len(x_pool):,} test digits for channel {channel}\n"
                          f"peak responses {float(values[0]):.2f} … {float(values[-1]):.2f}", fontsize=9)
-        top_image.value = _render(top_fig)
+        top_image.value = render_png(top_fig)
 
     def set_channels(_change=None) -> None:
         busy[0] = True

@@ -55,19 +55,50 @@ def test_train_saves_a_loadable_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["train", "--device", "cuda:7", "--epochs", "1", "--limit-train", "100"], "not available"),
     (["train", "--epochs", "-1", "--limit-train", "100"], "epochs=-1"),
     (["train", "--limit-train", "0"], "limit must be a positive"),
 ])
 def test_bad_arguments_exit_2_with_a_message(args, message, capsys):
-    if "cuda:7" in args:
-        pytest.importorskip("torch")
-        import torch
-
-        if torch.cuda.is_available():
-            pytest.skip("a GPU is present")
     assert main(args + ["--no-progress"]) == 2
     assert message in capsys.readouterr().err
+
+
+def _missing_devices() -> list[str]:
+    """Devices this machine lacks: cuda:7 (unless it has 8 GPUs), cuda without a GPU, mps off a Mac."""
+    import torch
+
+    from cnnlab.device import available_devices
+
+    here = available_devices()
+    missing = [] if torch.cuda.device_count() > 7 else ["cuda:7"]
+    return missing + (["cuda"] if not torch.cuda.is_available() else []) + (["mps"] if "mps" not in here else [])
+
+
+@pytest.mark.parametrize("device", _missing_devices() + ["gpu", "tpu", "nonsense"])
+def test_a_bad_device_exits_2_before_loading_data(device, monkeypatch, capsys):
+    from cnnlab import data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data was loaded before the device was checked")
+
+    monkeypatch.setattr(data, "load", no_loading)
+    for command in (["train", "--no-progress"], ["bench"]):
+        assert main([*command, "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --device {device}: ") and "--device cpu" in err and "device=" not in err
+        assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "gpu"])
+def test_a_bad_device_from_the_shell_is_one_line_not_a_traceback(device):
+    import torch
+
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    r = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--device", device], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and f"--device {device}" in r.stderr
 
 
 def test_bench_compares_both_paths_on_the_same_images():

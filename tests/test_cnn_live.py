@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 from cnnlab.callbacks import Every, LiveDashboard, StopButton
 from cnnlab.drawing import drawing_pad, mnist_style, predict_drawing, render_strokes
-from cnnlab.hooks import channel_maxima, spatial_layers, top_activating
+from cnnlab.hooks import channel_maxima, feature_map_view, spatial_layers, top_activating
 from cnnlab.models import ConvStack, LinearClassifier, SmallCNN
 from cnnlab.saliency import grad_cam, input_gradients
 from cnnlab.train import Callback, fit, seed_everything
-from cnnlab.widgets import feature_map_explorer, feature_map_view
+from cnnlab.widgets import feature_map_explorer
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_dashboard_draws_frames_records_curves_and_times_itself(mnist_small):
 
 def test_dashboard_keeps_to_its_time_budget(mnist_small):
     train, _ = mnist_small
-    dash = LiveDashboard(None, every_s=0.0, budget=0.02, stop_button=False, show=False)
+    dash = LiveDashboard(None, every_s=0.0, budget=0.02, show=False)
     fit(SmallCNN(), train.subset(range(1280)), epochs=1, callbacks=[dash], progress=False)
     # No minimum interval: the budget alone spaces the frames. Each costs far more than 2% of
     # the 20 batches, so there is the first, the last and at most one between (not one a batch).
@@ -66,22 +66,23 @@ def test_stop_button_ends_training_and_keeps_model_and_history(mnist_small):
             if state.step == self.step:
                 self.press()
 
-    # From code: request_stop()
-    dash = LiveDashboard(test, show=False)
+    # From code: request_stop(). The button is the dashboard's sibling, not part of it.
+    stop, dash = StopButton(), LiveDashboard(test, show=False)
     seed_everything(0)
     model = SmallCNN()
     weights0 = model.conv1.weight.detach().clone()
-    history = fit(model, train, test, epochs=3, callbacks=[dash, PressAt(5, dash.stop.request_stop)], progress=False)
+    history = fit(model, train, test, epochs=3, callbacks=[dash, stop, PressAt(5, stop.request_stop)], progress=False)
     assert history.stopped == "callback" and history.epochs == []
-    assert "stopped after 5 steps (0 full epochs)" in dash.stop.message
+    assert "stopped after 5 steps (0 full epochs)" in stop.message
     assert not torch.equal(model.conv1.weight.detach(), weights0)  # trained for 5 steps, kept
     assert dash.png[:4] == b"\x89PNG"  # the final frame was still drawn
 
     # From the browser: the button interrupts the kernel (SIGINT), as the notebook's stop does
-    dash = LiveDashboard(test, show=False)
-    history = fit(SmallCNN(), train, test, epochs=3, callbacks=[dash, PressAt(7, lambda: os.kill(os.getpid(), signal.SIGINT))],
-                  progress=False)
-    assert history.stopped == "interrupt" and "stopped by the button (or an interrupt) after 7 steps" in dash.stop.message
+    stop, dash = StopButton(), LiveDashboard(test, show=False)
+    history = fit(SmallCNN(), train, test, epochs=3,
+                  callbacks=[stop, dash, PressAt(7, lambda: os.kill(os.getpid(), signal.SIGINT))], progress=False)
+    assert history.stopped == "interrupt" and "stopped by the button (or an interrupt) after 7 steps" in stop.message
+    assert dash.png[:4] == b"\x89PNG"
 
 
 def test_stop_button_without_a_click_reports_a_finished_run(mnist_small):

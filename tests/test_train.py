@@ -7,7 +7,8 @@ import torch
 
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.models import MLP, LinearClassifier, SmallCNN
-from cnnlab.train import Callback, StopTraining, TrainConfig, evaluate, fit, pick_device, predict, seed_everything
+from cnnlab.device import pick_device
+from cnnlab.train import Callback, StopTraining, TrainConfig, evaluate, fit, predict, seed_everything
 
 
 def test_linear_model_learns_real_digits(mnist_small):
@@ -18,7 +19,7 @@ def test_linear_model_learns_real_digits(mnist_small):
     assert len(history.epochs) == 2 and history.stopped is None
     assert history.last("test_acc") > 0.8 > untrained + 0.5
     assert history.epochs[1]["train_loss"] < history.epochs[0]["train_loss"]
-    assert history.device == "cpu" and history.config["lr"] == 1e-2
+    assert history.device == str(pick_device()) and history.config["lr"] == 1e-2  # fit chose the device
     assert history.last("test_acc") == pytest.approx(evaluate(model, test).accuracy)
 
 
@@ -35,13 +36,13 @@ def test_same_seed_same_result_on_cpu(mnist_small):
     for _ in range(2):
         seed_everything(7)  # the initial weights come from the seed too
         model = MLP(hidden=32)
-        history = fit(model, train, test, epochs=1, seed=7, progress=False)
+        history = fit(model, train, test, epochs=1, seed=7, device="cpu", progress=False)
         runs.append((history.epochs[0]["train_loss"], [p.clone() for p in model.parameters()]))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
     seed_everything(7)
     other = MLP(hidden=32)
-    fit(other, train, test, epochs=1, seed=8, progress=False)
+    fit(other, train, test, epochs=1, seed=8, device="cpu", progress=False)
     assert not torch.equal(next(other.parameters()), runs[0][1][0])
 
 
@@ -124,14 +125,6 @@ def test_bad_settings_are_explained():
         TrainConfig(optimizer="adamm")
     with pytest.raises(ValueError, match="lr=nan"):
         TrainConfig(lr=float("nan"))
-
-
-def test_device_choice():
-    assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device().type in {"cpu", "cuda", "mps"}
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
-            pick_device("cuda")
 
 
 def test_predict_returns_probabilities(mnist_small):

@@ -5,8 +5,8 @@ import torch
 
 from cnnlab import runs
 from cnnlab.models import MLP, LinearClassifier
-from cnnlab.transforms import shift_images
-from cnnlab.widgets import explore_transform, shift_explorer
+from cnnlab.transforms import explore_transform, shift_images
+from cnnlab.widgets import shift_explorer
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,9 @@ def test_load_or_train_saves_then_loads(isolated_cache, mnist_small, monkeypatch
     monkeypatch.setattr(runs, "fit", no_training)
     again, history2 = runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False)
     assert "loaded the saved run" in capsys.readouterr().out
-    assert torch.equal(again.fc.weight, model.fc.weight.cpu()) and history2.epochs == history.epochs
+    assert torch.equal(again.fc.weight, model.fc.weight) and history2.epochs == history.epochs
+    # the same device whichever way the model came: trained, or loaded from the saved run
+    assert again.fc.weight.device == model.fc.weight.device == torch.device(history.device)
 
 
 def test_other_settings_or_data_mean_another_run(mnist_small):

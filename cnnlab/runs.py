@@ -33,11 +33,14 @@ SERIES_SETTINGS: dict[str, dict] = {
 }
 
 
-def series_settings(name: str) -> dict:
-    """The series' training settings for model ``name``; one epoch in the smoke setting."""
+def series_settings(name: str, device: str | None = None) -> dict:
+    """The series' training settings for model ``name`` on ``device`` (None: the best available);
+    one epoch in the smoke setting. The device is not part of a saved run's name: a run trained
+    on a GPU is found on a CPU, and the other way round."""
     settings = dict(SERIES_SETTINGS[name])
     if smoke_mode():
         settings["epochs"] = 1
+    settings["device"] = device
     return settings
 
 _NOT_PART_OF_THE_RESULT = ("progress", "device", "eval_batch_size")

@@ -304,6 +304,7 @@ def fit(
                     # Scored in float32, so it equals evaluate(model, test) run at any later time.
                     score = evaluate(model, test, batch_size=cfg.eval_batch_size)
                     record.update(test_loss=score.loss, test_acc=score.accuracy)
+                record["elapsed"] = time.perf_counter() - state.started  # since fit began: warm-up and evaluation included
                 history.epochs.append(record)
                 bar.set_postfix(
                     loss=f"{record['train_loss']:.3f}",

@@ -104,13 +104,29 @@ def test_a_bad_device_from_the_shell_is_one_line_not_a_traceback(device):
 def test_bench_compares_both_paths_on_the_same_images():
     from cnnlab.bench import format_result, run
 
-    result = run(device="cpu", limit=1200)
-    assert result["train_images"] == 1200
+    result = run(device="cpu", limit=1200, repeats=2)
+    assert result["train_images"] == 1200 and result["repeats"] == 2
     for key in ("recipe", "cnnlab"):
         assert result[key]["seconds"] > 0 and 0.3 < result[key]["test_acc"] <= 1
         assert result[key]["images_per_s"] == pytest.approx(1200 / result[key]["seconds"], rel=1e-6)
+        # two alternated runs of each path; the best one is reported
+        assert len(result["all_seconds"][key]) == 2 and result[key]["seconds"] == min(result["all_seconds"][key])
     assert result["speedup"] == pytest.approx(result["recipe"]["seconds"] / result["cnnlab"]["seconds"])
-    assert "x faster per epoch" in format_result(result)
+    assert "x faster per epoch" in format_result(result) and "alternated 2x" in format_result(result)
+    with pytest.raises(ValueError, match="repeats"):
+        run(device="cpu", limit=100, repeats=0)
+
+
+def test_time_to_accuracy_stops_at_the_first_epoch_that_reaches_the_target():
+    from cnnlab.bench import format_time_to_accuracy, time_to_accuracy
+
+    reached = time_to_accuracy(device="cpu", target=0.5, limit=1000, epochs=3)
+    assert reached["reached"] and reached["epoch"] == 1 and len(reached["epochs"]) == 1  # stopped there
+    first = reached["epochs"][0]
+    assert first["test_acc"] >= 0.5 and reached["seconds"] == first["elapsed"] > first["seconds"]  # evaluation counted
+    missed = time_to_accuracy(device="cpu", target=0.999, limit=300, epochs=2)
+    assert not missed["reached"] and missed["epoch"] is None and len(missed["epochs"]) == 2
+    assert "NOT REACHED" in format_time_to_accuracy(missed) and "epoch 1" in format_time_to_accuracy(reached)
 
 
 def test_bench_dashboard_times_training_without_and_with_it(capsys):
@@ -122,3 +138,40 @@ def test_bench_dashboard_times_training_without_and_with_it(capsys):
     assert result["frames"] >= 2 and 0 < result["dashboard_seconds"] < result["seconds"]["dashboard"]
     plain = min(result["seconds"]["plain"], result["seconds"]["plain again"])
     assert result["overhead"] == pytest.approx(result["seconds"]["dashboard"] / plain - 1)
+
+
+def test_gpu_check_runs_notebooks_and_reports_each(tmp_path, capsys):
+    """The GPU check's machinery, tried on the CPU (--device cpu): a notebook is executed and
+    saved with its time; a broken one is reported with its first error."""
+    import nbformat
+
+    from cnnlab.gpu_check import run_notebook
+
+    out = tmp_path / "out"
+    code = main(["gpu-check", "--device", "cpu", "--smoke", "--only", "00_start_here", "--skip-tests", "--skip-bench",
+                 "--out", str(out)])
+    assert code == 0
+    log = (out / "gpu-check.log").read_text()
+    assert "notebook 00_start_here:" in log and "GPU check passed" in log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] and [n["notebook"] for n in summary["notebooks"]] == ["00_start_here"]
+    executed = nbformat.read(out / "00_start_here.ipynb", as_version=4)
+    assert any("test accuracy" in "".join(o.get("text", "")) for c in executed.cells for o in c.get("outputs", []))
+    assert sorted(p.name for p in out.iterdir()) == ["00_start_here.ipynb", "gpu-check.log", "summary.json"]
+
+    broken = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
+                                             nbformat.v4.new_code_cell("raise ValueError('boom')")])
+    broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(broken, tmp_path / "99_broken.ipynb")
+    result = run_notebook(tmp_path / "99_broken.ipynb", out, dict(os.environ))
+    assert result["error"] == "ValueError: boom" and (out / "99_broken.ipynb").exists()
+
+
+def test_gpu_check_without_a_gpu_says_how_to_try_it(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["gpu-check", "--out", "/nonexistent/never-made"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "--device cpu" in err

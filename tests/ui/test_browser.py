@@ -344,7 +344,8 @@ def _interact_05(page, views) -> None:
     page.keyboard.press("Enter")
     page.keyboard.insert_text(
         "long_dashboard = LiveDashboard(test_set, every_s=0.3, budget=0.5)\n"
-        "long_history = fit(SmallCNN(), train_set, test_set, callbacks=[long_dashboard], epochs=40, progress=False)")
+        "long_history = fit(SmallCNN(), train_set, test_set, callbacks=[StopButton(), long_dashboard], epochs=40,"
+        " progress=False)")
     page.keyboard.press("Shift+Enter")
     cell = page.locator(".jp-Notebook .jp-CodeCell", has_text="long_dashboard").last  # Shift+Enter added an empty one below
     frame = cell.locator(".jp-RenderedImage img").first

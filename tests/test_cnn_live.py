@@ -33,8 +33,18 @@ def test_dashboard_draws_frames_records_curves_and_times_itself(mnist_small):
     train, test = mnist_small
     seed_everything(0)
     dash = LiveDashboard(test, index=3, every_s=0.0, budget=0.5, show=False)
-    history = fit(SmallCNN(), train.subset(range(640)), test.subset(range(200)), epochs=2, callbacks=[dash], progress=False)
+    model = SmallCNN()
+    history = fit(model, train.subset(range(640)), test.subset(range(200)), epochs=2, callbacks=[dash], progress=False)
     assert history.stopped is None
+    # the last frame shows the trained filters and the trained model's maps, not the first frame's
+    from cnnlab.hooks import feature_maps
+    from cnnlab.viz import tile
+
+    shown = torch.as_tensor(dash._im_filters.get_array().filled(float("nan")))
+    assert torch.allclose(shown, tile(model.conv1.weight.detach().cpu()[:, 0], 8), equal_nan=True)
+    maps = feature_maps(model, test.x[3:4], "conv2")[0]
+    shown = torch.as_tensor(dash._im_maps[1].get_array().filled(float("nan")))
+    assert torch.allclose(shown, tile(maps, normalize=True), equal_nan=True, atol=1e-5)
     assert dash.png[:4] == b"\x89PNG" and dash.frames >= 3  # first frame, some during training, the final one
     # train points over the run's whole length, test points at each epoch end, from fit's own numbers
     xs = [x for x, _ in dash.curves["train_loss"]]

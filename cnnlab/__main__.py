@@ -49,7 +49,8 @@ def _train(args) -> int:
     test_set = data.load(args.dataset, "test", limit=args.limit_test, seed=args.seed)
     seed_everything(args.seed)  # the initial weights too, so a run repeats exactly on CPU
     model = create_model(args.model, train_set.x.shape[1], len(train_set.classes))
-    settings = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "progress": not args.no_progress}
+    settings = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "progress": not args.no_progress,
+                "cuda_graph": args.cuda_graph}
     for key in ("lr", "batch_size", "optimizer", "amp"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adadelta"], default=None)
     t.add_argument("--amp", choices=["auto", "bf16", "off"], default=None, help="bf16 mixed precision")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    t.add_argument("--cuda-graph", action="store_true", help="on CUDA: replay each training step as one CUDA graph")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", metavar="PATH", help="save a checkpoint (weights + config + history) here")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")

@@ -124,6 +124,9 @@ def _bench(log: _Log, device: str, limit: int | None) -> dict:
     log(format_result(result["bench"]))
     result["time_to_accuracy"] = time_to_accuracy(device=device, target=0.992, limit=limit)
     log(format_time_to_accuracy(result["time_to_accuracy"]))
+    if device.startswith("cuda"):  # the CUDA-graph step, beside the eager one
+        result["time_to_accuracy_graph"] = time_to_accuracy(device=device, target=0.992, limit=limit, cuda_graph=True)
+        log("with cuda_graph=True: " + format_time_to_accuracy(result["time_to_accuracy_graph"]))
     result["dashboard"] = dashboard_overhead(device=device, limit=limit)
     log(format_overhead(result["dashboard"]))
     log(f"bench: {time.perf_counter() - t0:.0f} s")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from cnnlab.cuda_graph import GraphedStep, graph_optimizer
 from cnnlab.data import ImageSet
 from cnnlab.device import DeviceError, model_device, pick_device
 from cnnlab.models import eval_mode
@@ -61,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1000
     progress: bool = True  # a tqdm bar (a widget in Jupyter, text in a terminal)
+    cuda_graph: bool = False  # on CUDA: replay each training step as one CUDA graph (adam/adamw; cnnlab.cuda_graph)
 
     def __post_init__(self):
         checks = {
@@ -72,6 +74,7 @@ class TrainConfig:
             "amp": self.amp in ("auto", "bf16", "off"),
             "eval_batch_size": self.eval_batch_size >= 1,
             "label_smoothing": 0 <= self.label_smoothing < 1,
+            "cuda_graph": not self.cuda_graph or self.optimizer in ("adam", "adamw"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -79,15 +82,15 @@ class TrainConfig:
                 "invalid training setting(s): "
                 + ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
                 + f" (optimizer: {' | '.join(_OPTIMIZERS)}; schedule: onecycle | constant | step;"
-                " amp: auto | bf16 | off; epochs >= 0, batch sizes >= 1, lr > 0)"
+                " amp: auto | bf16 | off; epochs >= 0, batch sizes >= 1, lr > 0; cuda_graph needs adam or adamw)"
             )
 
 
-_OPTIMIZERS = {
-    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
-    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True),
-    "adadelta": lambda p, c: torch.optim.Adadelta(p, lr=c.lr, weight_decay=c.weight_decay),
+_OPTIMIZERS = {  # fused: one kernel per step for all parameters, where the device has it (CUDA)
+    "adam": lambda p, c, fused: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay, fused=fused or None),
+    "adamw": lambda p, c, fused: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay, fused=fused or None),
+    "sgd": lambda p, c, fused: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True),
+    "adadelta": lambda p, c, fused: torch.optim.Adadelta(p, lr=c.lr, weight_decay=c.weight_decay),
 }
 
 
@@ -189,10 +192,10 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _make_schedule(opt, cfg: TrainConfig, steps_per_epoch: int):
+def _make_schedule(opt, cfg: TrainConfig, steps_per_epoch: int, cycle_momentum: bool = True):
     if cfg.schedule == "onecycle" and cfg.epochs > 0:
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, cycle_momentum=cycle_momentum
         ), "batch"
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7), "epoch"
@@ -246,9 +249,15 @@ def fit(
         model.to(memory_format=torch.channels_last)
     train = train_set.to(device)
     test = test_set.to(device) if test_set is not None else None
-    opt = _OPTIMIZERS[cfg.optimizer](model.parameters(), cfg)
+    graphed = cfg.cuda_graph and device.type == "cuda"
+    if graphed:
+        opt = graph_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, device)
+        graphed_step = GraphedStep(model, opt, amp=amp, label_smoothing=cfg.label_smoothing)
+    else:
+        opt = _OPTIMIZERS[cfg.optimizer](model.parameters(), cfg, device.type == "cuda")
+        graphed_step = None
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    schedule, schedule_every = _make_schedule(opt, cfg, steps_per_epoch)
+    schedule, schedule_every = _make_schedule(opt, cfg, steps_per_epoch, cycle_momentum=not graphed)
     generator = torch.Generator().manual_seed(cfg.seed)
     history = History(config=asdict(cfg), device=str(device), model=getattr(model, "name", type(model).__name__))
     state = LoopState(model, opt, cfg, history, device, steps_per_epoch, started=time.perf_counter(), amp=amp)
@@ -271,12 +280,15 @@ def fit(
                 t0 = time.perf_counter()
                 bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
                 for xb, yb in train.batches(cfg.batch_size, shuffle=True, generator=generator):
-                    with _autocast(device, amp):
-                        logits = model(xb)
-                        loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    if graphed_step is not None and len(yb) == cfg.batch_size:
+                        loss, logits = graphed_step(xb, yb)  # the same step as below, replayed as one CUDA graph
+                    else:
+                        with _autocast(device, amp):
+                            logits = model(xb)
+                            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
                     if schedule_every == "batch":
                         schedule.step()
                     loss_sum += loss.detach() * len(yb)
@@ -298,7 +310,7 @@ def fit(
                     "train_acc": correct.item() / len(train),
                     "seconds": seconds,
                     "images_per_s": len(train) / seconds,
-                    "lr": opt.param_groups[0]["lr"],
+                    "lr": float(opt.param_groups[0]["lr"]),  # a device tensor on the CUDA-graph path
                 }
                 if test is not None:
                     # Scored in float32, so it equals evaluate(model, test) run at any later time.

@@ -187,3 +187,34 @@ def test_wrong_architecture_is_a_clear_error(tmp_path):
         load_checkpoint(path, model=SmallCNN())
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_cuda_graph_setting_is_checked_and_ignored_off_cuda(mnist_small):
+    train, test = mnist_small
+    with pytest.raises(ValueError, match="cuda_graph needs adam or adamw"):
+        TrainConfig(cuda_graph=True, optimizer="sgd")
+    runs = []
+    for graph in (False, True):
+        seed_everything(3)
+        model = MLP(hidden=32)
+        h = fit(model, train, test, epochs=1, seed=3, device="cpu", cuda_graph=graph, progress=False)
+        runs.append((h.epochs[0]["train_loss"], h.last("test_acc")))
+    assert runs[0] == runs[1]  # on the CPU the setting changes nothing
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_path_trains_like_the_eager_one(mnist_small):
+    """The captured step learns, follows the one-cycle schedule, and handles the last, smaller batch eagerly."""
+    train, test = mnist_small
+    results = {}
+    for graph in (False, True):
+        seed_everything(0)
+        model = SmallCNN()
+        h = fit(model, train.subset(range(1000)), test, epochs=3, batch_size=64, seed=0, device="cuda",
+                cuda_graph=graph, progress=False)  # 1000 = 15 full batches + one of 40
+        results[graph] = h
+        assert h.epochs[-1]["train_loss"] < h.epochs[0]["train_loss"]
+        assert h.last("test_acc") == pytest.approx(evaluate(model, test).accuracy)
+    assert results[True].last("test_acc") > 0.8
+    assert abs(results[True].last("test_acc") - results[False].last("test_acc")) < 0.05
+    assert [e["lr"] for e in results[True].epochs] == pytest.approx([e["lr"] for e in results[False].epochs], rel=1e-5)

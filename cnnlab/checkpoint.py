@@ -8,7 +8,6 @@ pickled code. Anything wrong with a file is a :class:`CheckpointError` that says
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.files import atomic_write
 from cnnlab.models import MODELS, create_model
 from cnnlab.train import History
 
@@ -60,17 +60,8 @@ def save_checkpoint(
         "metrics": dict(metrics or {}),
         "torch": str(torch.__version__),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save(payload, f)
     return path
 
 

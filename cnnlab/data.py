@@ -22,6 +22,7 @@ from torch import Tensor
 from torchvision import datasets as tv_datasets
 
 from cnnlab import cache_dir, repo_root
+from cnnlab.files import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -163,18 +164,6 @@ def _verified_content(path: Path, spec: DatasetSpec, raw_name: str) -> bytes:
     )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _download(spec: DatasetSpec, into: Path) -> str | None:
     """Let torchvision download the archives into ``into``; return an error text on failure."""
     try:
@@ -247,7 +236,8 @@ def _fill_cache(spec: DatasetSpec, target_dir: Path, dirs: Sequence[Path]) -> tu
                 except CorruptDatasetError as err:
                     corrupt.append(str(err))
                     continue
-                _write_atomic(target, content)
+                with atomic_write(target) as f:
+                    f.write(content)
                 found = True
                 break
             if found:

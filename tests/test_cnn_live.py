@@ -84,7 +84,7 @@ def test_stop_button_ends_training_and_keeps_model_and_history(mnist_small):
     history = fit(model, train, test, epochs=3, callbacks=[dash, stop, PressAt(5, stop.request_stop)], progress=False)
     assert history.stopped == "callback" and history.epochs == []
     assert "stopped after 5 steps (0 full epochs)" in stop.message
-    assert not torch.equal(model.conv1.weight.detach(), weights0)  # trained for 5 steps, kept
+    assert not torch.equal(model.conv1.weight.detach().cpu(), weights0)  # trained for 5 steps, kept
     assert dash.png[:4] == b"\x89PNG"  # the final frame was still drawn
 
     # From the browser: the button interrupts the kernel (SIGINT), as the notebook's stop does
@@ -239,7 +239,7 @@ def test_feature_map_view_pairs_a_channel_with_its_filter(small_cnn, mnist_small
     _, test = mnist_small
     view = feature_map_view(small_cnn, test.x[0], "relu2", 5)
     assert view["maps"].shape == (64, 24, 24) and torch.equal(view["map"], view["maps"][5])
-    assert view["conv"] == "conv2" and torch.equal(view["filter"], small_cnn.conv2.weight[5].detach())
+    assert view["conv"] == "conv2" and torch.equal(view["filter"], small_cnn.conv2.weight[5].detach().cpu())
     with pytest.raises(ValueError, match="channel must be a whole number from 0 to 63"):
         feature_map_view(small_cnn, test.x[0], "relu2", 64)
     with pytest.raises(ValueError, match="has no feature maps"):

@@ -86,7 +86,7 @@ def test_stop_training_from_a_callback_keeps_model_and_history(mnist_small):
     before = model.fc.weight.clone()
     history = fit(model, train, test, epochs=3, batch_size=100, callbacks=[StopAfter()], progress=False)
     assert history.stopped == "callback" and history.epochs == []
-    assert not torch.equal(model.fc.weight, before)  # the 5 steps taken are kept
+    assert not torch.equal(model.fc.weight.cpu(), before)  # the 5 steps taken are kept
 
 
 def test_keyboard_interrupt_ends_training_cleanly(mnist_small):
@@ -218,3 +218,18 @@ def test_cuda_graph_path_trains_like_the_eager_one(mnist_small):
     assert results[True].last("test_acc") > 0.8
     assert abs(results[True].last("test_acc") - results[False].last("test_acc")) < 0.05
     assert [e["lr"] for e in results[True].epochs] == pytest.approx([e["lr"] for e in results[False].epochs], rel=1e-5)
+
+
+def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
+    from cnnlab.files import atomic_write
+
+    target = tmp_path / "sub" / "file.bin"
+    with atomic_write(target) as f:
+        f.write(b"first")
+    assert target.read_bytes() == b"first" and oct(target.stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(RuntimeError, match="half way"):
+        with atomic_write(target) as f:
+            f.write(b"second, half")
+            raise RuntimeError("half way")
+    assert target.read_bytes() == b"first"  # the old file, untouched
+    assert [p.name for p in target.parent.iterdir()] == ["file.bin"]  # no temporary file left

@@ -1,4 +1,8 @@
-"""Command line: ``python -m cnnlab {doctor,train,bench,gpu-check}`` for headless work."""
+"""Command line: ``python -m cnnlab {doctor,train,bench,gpu-check}`` for headless work.
+
+Nothing heavy is imported at the top: ``--help`` and argument errors answer before PyTorch
+loads, and bad settings or devices are refused before any data is read.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ import argparse
 import json
 import sys
 
-from cnnlab.models import MODELS
-from cnnlab.train import Callback
+#: The model registry's names (``cnnlab.models.MODELS``; a test keeps the two in step), here so
+#: that ``--help`` needs no PyTorch.
+MODEL_NAMES = ("linear", "mlp", "small-cnn", "modern-cnn", "conv-stack")
 
 
 def _doctor(args) -> int:
@@ -18,49 +23,53 @@ def _doctor(args) -> int:
     return 0 if report.ok else 1
 
 
-class _PrintEpochs(Callback):
-    """One line per epoch."""
-
-    order = 10
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def after_epoch(self, state) -> None:
-        e = state.history.epochs[-1]
-        test = f"  test loss {e['test_loss']:.4f}  test acc {e['test_acc']:.2%}" if "test_acc" in e else ""
-        print(
-            f"epoch {e['epoch']}/{state.config.epochs}  train loss {e['train_loss']:.4f}  "
-            f"train acc {e['train_acc']:.2%}{test}  {e['seconds']:.1f}s  {e['images_per_s']:.0f} img/s",
-            file=self.stream,
-            flush=True,
-        )
+def _print_epoch(state, stream) -> None:
+    """One line per epoch (called by a callback ``_train`` builds)."""
+    e = state.history.epochs[-1]
+    test = f"  test loss {e['test_loss']:.4f}  test acc {e['test_acc']:.2%}" if "test_acc" in e else ""
+    print(
+        f"epoch {e['epoch']}/{state.config.epochs}  train loss {e['train_loss']:.4f}  "
+        f"train acc {e['train_acc']:.2%}{test}  {e['seconds']:.1f}s  {e['images_per_s']:.0f} img/s",
+        file=stream,
+        flush=True,
+    )
 
 
 def _train(args) -> int:
     from cnnlab import data
     from cnnlab.checkpoint import save_checkpoint
     from cnnlab.models import count_parameters, create_model
-    from cnnlab.train import fit, seed_everything
+    from cnnlab.train import Callback, fit, make_config, seed_everything
 
     # With --json, human-readable lines go to stderr so stdout's last line is the JSON object.
     out = sys.stderr if args.json else sys.stdout
-    train_set = data.load(args.dataset, "train", limit=args.limit_train, seed=args.seed)
-    test_set = data.load(args.dataset, "test", limit=args.limit_test, seed=args.seed)
-    seed_everything(args.seed)  # the initial weights too, so a run repeats exactly on CPU
-    model = create_model(args.model, train_set.x.shape[1], len(train_set.classes))
     settings = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "progress": not args.no_progress,
                 "cuda_graph": args.cuda_graph}
     for key in ("lr", "batch_size", "optimizer", "amp"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
+    make_config(**settings)  # bad settings are refused before any data is read
+    for name in ("limit_train", "limit_test"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: limit must be a positive number of examples, "
+                             f"got {getattr(args, name)}")
+    train_set = data.load(args.dataset, "train", limit=args.limit_train, seed=args.seed)
+    test_set = data.load(args.dataset, "test", limit=args.limit_test, seed=args.seed)
+    seed_everything(args.seed)  # the initial weights too, so a run repeats exactly on CPU
+    model = create_model(args.model, train_set.x.shape[1], len(train_set.classes))
+
+    class PrintEpochs(Callback):
+        order = 10
+
+        def after_epoch(self, state) -> None:
+            _print_epoch(state, out)
     print(
         f"{args.model} ({count_parameters(model):,} parameters) on {args.dataset}: "
         f"{len(train_set):,} train / {len(test_set):,} test images",
         file=out,
         flush=True,
     )
-    history = fit(model, train_set, test_set, callbacks=[_PrintEpochs(out)], **settings)
+    history = fit(model, train_set, test_set, callbacks=[PrintEpochs()], **settings)
     test_acc = history.last("test_acc")
     print(
         f"final test accuracy {test_acc:.2%} after {len(history.epochs)} epoch(s), {history.seconds:.1f}s on {history.device}"
@@ -80,6 +89,8 @@ def _bench(args) -> int:
     from cnnlab.bench import dashboard_overhead, format_overhead, format_result, format_time_to_accuracy, run, time_to_accuracy
 
     out = sys.stderr if args.json else sys.stdout
+    if not 0 <= args.target < 1:
+        raise ValueError(f"--target is a test accuracy between 0 and 1 (0 skips it), got {args.target}")
     if args.dashboard:
         result = dashboard_overhead(device=args.device, seed=args.seed, limit=args.limit_train, epochs=args.epochs)
         print(format_overhead(result), file=out, flush=True)
@@ -90,7 +101,8 @@ def _bench(args) -> int:
         print(format_result(result), file=out, flush=True)
         if args.target > 0:
             print(f"the series' settings until {args.target:.1%}...", file=out, flush=True)
-            result["time_to_accuracy"] = time_to_accuracy(device=args.device, target=args.target, limit=args.limit_train)
+            result["time_to_accuracy"] = time_to_accuracy(device=args.device, target=args.target, seed=args.seed,
+                                                          limit=args.limit_train)
             print(format_time_to_accuracy(result["time_to_accuracy"]), file=out, flush=True)
     if args.json:
         print(json.dumps(result))
@@ -102,11 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("doctor", help="versions, device, datasets found or missing; exit 0 when the series can run")
-    d.add_argument("--download", action="store_true", help="download missing datasets (needs internet)")
+    fetch = d.add_mutually_exclusive_group()
+    fetch.add_argument("--download", action="store_true", default=None,
+                       help="download MNIST if it is missing, even with CNNLAB_OFFLINE=1 (default: unless CNNLAB_OFFLINE=1)")
+    fetch.add_argument("--no-download", dest="download", action="store_false", help="never download; only look")
     d.set_defaults(func=_doctor)
 
     t = sub.add_parser("train", help="train a model and report test accuracy")
-    t.add_argument("--model", choices=list(MODELS), default="small-cnn")
+    t.add_argument("--model", choices=MODEL_NAMES, default="small-cnn")
     t.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--limit-train", type=int, default=None, metavar="N", help="a stratified subset of N train images")
@@ -143,16 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m cnnlab`` and the ``cnnlab`` script."""
-    from cnnlab.checkpoint import CheckpointError
-    from cnnlab.data import DataError
-    from cnnlab.device import DeviceError, pick_device
-
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["gpu-check"]:  # its own options: python -m cnnlab gpu-check --help
         from cnnlab.gpu_check import main as gpu_check
 
         return gpu_check(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help and argument errors end here, before PyTorch loads
+    from cnnlab.checkpoint import CheckpointError
+    from cnnlab.data import DataError
+    from cnnlab.device import DeviceError, pick_device
+
     try:
         if getattr(args, "device", None) is not None:
             pick_device(args.device)  # a bad --device is refused before any data is loaded

@@ -265,8 +265,9 @@ class LiveDashboard(Callback):
         return {name: feature_maps(self._twin(state.model), x, name)[0] for name in self._map_layers}
 
     def _twin(self, model: nn.Module) -> nn.Module:
-        """The model itself on the CPU; elsewhere a CPU copy refreshed with its weights, so the
-        maps of one digit cost no GPU synchronisation per layer and no kernel tuning for batch 1."""
+        """The model itself on the CPU; elsewhere a CPU copy refreshed with its weights (one copy
+        of the weights per frame), so the maps of one digit need no GPU kernels, no synchronisation
+        per layer and no cuDNN tuning for a batch of one."""
         if model_device(model).type == "cpu":
             return model
         if self._cpu_twin is None:

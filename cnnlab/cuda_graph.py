@@ -36,13 +36,14 @@ class GraphedStep:
     """``step(xb, yb) -> (loss, logits)``: eager for the first ``warmup`` batches (on a side
     stream), then captured once and replayed. Batches must all have ``batch_size`` rows."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, amp: bool, label_smoothing: float = 0.0,
-                 warmup: int = 3):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, device: torch.device, amp: bool,
+                 label_smoothing: float = 0.0, warmup: int = 3):
         self.model, self.optimizer, self.amp, self.label_smoothing = model, optimizer, amp, label_smoothing
         self.warmup = warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.steps = 0
-        self._side = torch.cuda.Stream()
+        self.device = device
+        self._side = torch.cuda.Stream(device=device)  # on the model's GPU, which need not be the current one
 
     def _forward_backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         # The textbook step, as in fit's loop; autocast keeps no weight cache, which capture forbids.
@@ -54,13 +55,17 @@ class GraphedStep:
         return loss.detach(), logits.detach()
 
     def __call__(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.cuda.device(self.device):  # streams, capture and replay on the model's GPU
+            return self._step(xb, yb)
+
+    def _step(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         self.steps += 1
         if self.graph is None and self.steps <= self.warmup:
-            self._side.wait_stream(torch.cuda.current_stream())
+            self._side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self._side):
                 self.optimizer.zero_grad(set_to_none=True)
                 out = self._forward_backward(xb, yb)
-            torch.cuda.current_stream().wait_stream(self._side)
+            torch.cuda.current_stream(self.device).wait_stream(self._side)
             return out
         if self.graph is None:
             self._capture(xb, yb)
@@ -68,13 +73,15 @@ class GraphedStep:
             self.x.copy_(xb, non_blocking=True)
             self.y.copy_(yb, non_blocking=True)
         self.graph.replay()
-        return self.loss, self.logits
+        # Copies: the graph overwrites its outputs at the next replay, and a callback may keep these.
+        return self.loss.clone(), self.logits.clone()
 
     def _capture(self, xb: Tensor, yb: Tensor) -> None:
         self.x, self.y = xb.clone(), yb.clone()  # the static inputs every replay reads
         self.optimizer.zero_grad(set_to_none=True)  # grads are then allocated inside the graph's pool
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(self.device)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # Captured on our own side stream: torch.cuda.graph's default one lives on whichever GPU was current first.
+        with torch.cuda.graph(self.graph, stream=self._side):
             self.loss, self.logits = self._forward_backward(self.x, self.y)
         # Capture only records: the replay that follows runs this batch's step for real.

@@ -33,6 +33,7 @@ __all__ = [
     "load",
     "locate",
     "search_dirs",
+    "found_in",
 ]
 
 RAW_FILES = (
@@ -213,6 +214,19 @@ def locate(
     if missing:
         raise DatasetNotFoundError(_missing_message(spec, missing, dirs, download_error, corrupt))
     return target_dir
+
+
+def found_in(name: str, root: str | os.PathLike | None = None) -> Path | None:
+    """The first folder cnnlab searches (other than its own cache) that holds all four raw files
+    of dataset ``name``, as ``.gz`` or extracted; ``None`` if there is none (say, it was downloaded)."""
+    spec = _spec(name)
+    cache = (cache_dir() / spec.folder / "raw").resolve()
+    for d in search_dirs(name, root):
+        if d.exists() and d.resolve() != cache and all(
+            (d / f"{raw}.gz").is_file() or (d / raw).is_file() for raw in RAW_FILES
+        ):
+            return d
+    return None
 
 
 def _fill_cache(spec: DatasetSpec, target_dir: Path, dirs: Sequence[Path]) -> tuple[list[str], list[str]]:

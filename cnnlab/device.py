@@ -107,7 +107,7 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("mps", 0)
     if dev.type == "cpu" and dev.index not in (None, 0):
         raise DeviceError(device, "there is one CPU device, 'cpu'")
-    return dev
+    return torch.device("cpu") if dev.type == "cpu" else dev
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 import cnnlab
-from cnnlab.data import DATASETS, DataError, locate
+from cnnlab.data import DATASETS, DataError, found_in, locate
 from cnnlab.device import pick_device
 from cnnlab.train import cpu_has_bf16
 
@@ -45,7 +45,7 @@ class Report:
         lines.append(f"  {'cache':<14} {cnnlab.cache_dir()}")
         for name, where in self.datasets.items():
             if name in self.missing:
-                need = "required" if name in REQUIRED else "needed by notebook 09"
+                need = "required" if name in REQUIRED else "needed by notebook 09, which downloads it when online"
                 lines.append(f"  {name:<14} MISSING ({need}):")
                 lines += ["      " + line for line in where.splitlines()]
             else:
@@ -54,8 +54,13 @@ class Report:
         return "\n".join(lines)
 
 
-def check(download: bool = False) -> Report:
-    """Check versions, device and datasets (verifying and extracting what is found)."""
+def check(download: bool | None = None) -> Report:
+    """Check versions, device and datasets, verifying and extracting what is found.
+
+    A required dataset (MNIST) that is found nowhere is downloaded when ``download`` is True, or
+    None and not ``CNNLAB_OFFLINE=1`` (torchvision's progress bar shows it coming); the others are
+    only looked for: the notebook that needs one downloads it.
+    """
     device = pick_device()
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -79,7 +84,10 @@ def check(download: bool = False) -> Report:
     )
     for name in DATASETS:
         try:
-            report.datasets[name] = str(locate(name, download=download))
+            cache = locate(name, download=download if name in REQUIRED else False)
+            source = found_in(name)
+            report.datasets[name] = (f"found in {source}, verified, extracted to {cache}" if source is not None
+                                     else f"verified in {cache} (downloaded)")
         except DataError as err:
             report.datasets[name] = str(err)
             report.missing.append(name)

@@ -48,11 +48,11 @@ class _Log:
             f.write(line + "\n")
 
 
-def _environment(device: str) -> dict:
+def _environment(device) -> dict:
     import torch
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "device": device, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
            "missing": [m for m in NOTEBOOK_STACK if importlib.util.find_spec(m) is None]}
     return env
 
@@ -61,7 +61,7 @@ def _run_tests(log: _Log, env: dict[str, str], timeout: int) -> dict:
     """pytest on tests/ (no browser tests); the project's nbval options are switched off, since a
     bare GPU machine may lack nbval."""
     cmd = [sys.executable, "-m", "pytest", str(repo_root() / "tests"), "-q", "-o", "addopts=", "-p", "no:cacheprovider",
-           "--ignore", str(repo_root() / "tests" / "ui"), "-x"]
+           "--ignore", str(repo_root() / "tests" / "ui")]  # no -x: every failure is reported
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo_root(), timeout=timeout)
@@ -198,26 +198,32 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = _Log(out / "gpu-check.log")
-    info = _environment(str(device))
+    info = _environment(device)
     log(f"cnnlab GPU check, {time.strftime('%Y-%m-%d %H:%M')}: {json.dumps(info)}")
     # Train everything anew (a fresh cache of runs) but read the datasets from where they are.
-    from cnnlab import data
-
     cache = Path(tempfile.mkdtemp(prefix="cnnlab-gpu-check-"))  # outside --out: only results go there
     sources = os.environ.get("CNNLAB_DATA") or str(repo_root() / "data")
     saved = {k: os.environ.get(k) for k in ("CNNLAB_DATA", "CNNLAB_CACHE")}
-    os.environ.update(CNNLAB_DATA=sources, CNNLAB_CACHE=str(cache))
+    os.environ.update(CNNLAB_DATA=sources, CNNLAB_CACHE=str(cache))  # for the bench, run in this process
     try:
-        data.locate("mnist")  # found and verified before anything runs
-    except data.DataError as err:
-        log(f"error: {err}")
-        return 2
+        return _check(args, device, out, log, info, sources, cache)
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _check(args, device, out: Path, log: _Log, info: dict, sources: str, cache: Path) -> int:
+    from cnnlab import data
+
+    try:
+        data.locate("mnist")  # found and verified before anything runs
+    except data.DataError as err:
+        log(f"error: {err}")
+        return 2
     env = {**os.environ, "CNNLAB_DATA": sources, "CNNLAB_CACHE": str(cache),
            "CNNLAB_SMOKE": "1" if args.smoke else "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
            "PYTHONUNBUFFERED": "1",
@@ -255,7 +261,6 @@ def main(argv: list[str] | None = None) -> int:
             log(f"bench FAILED: {type(err).__name__}: {err}")
             ok = False
 
-    shutil.rmtree(cache, ignore_errors=True)
     summary["seconds"] = time.perf_counter() - started
     summary["ok"] = ok
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -27,7 +27,8 @@ def confusion_matrix(y_true: Tensor, y_pred: Tensor, num_classes: int = 10) -> T
 
 
 def per_class_accuracy(cm: Tensor) -> Tensor:
-    """Accuracy of each true class, from a confusion matrix."""
+    """Accuracy of each true class, from a confusion matrix (on the CPU, as every result here)."""
+    cm = cm.detach().cpu()
     return cm.diag().double() / cm.sum(1).clamp(min=1).double()
 
 

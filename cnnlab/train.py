@@ -252,7 +252,7 @@ def fit(
     graphed = cfg.cuda_graph and device.type == "cuda"
     if graphed:
         opt = graph_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, device)
-        graphed_step = GraphedStep(model, opt, amp=amp, label_smoothing=cfg.label_smoothing)
+        graphed_step = GraphedStep(model, opt, device=device, amp=amp, label_smoothing=cfg.label_smoothing)
     else:
         opt = _OPTIMIZERS[cfg.optimizer](model.parameters(), cfg, device.type == "cuda")
         graphed_step = None
@@ -268,8 +268,10 @@ def fit(
             getattr(cb, event)(state)
 
     bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=not cfg.progress, unit="batch", dynamic_ncols=True)
+    # On a GPU other than the current one (cuda:1), kernels, streams and timings follow the model.
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        with _graceful_interrupt() as interrupted:
+        with on_device, _graceful_interrupt() as interrupted:
             run("before_fit")
             for epoch in range(cfg.epochs):
                 state.epoch = epoch
@@ -302,7 +304,7 @@ def fit(
                 if schedule_every == "epoch":
                     schedule.step()
                 if device.type == "cuda":
-                    torch.cuda.synchronize()
+                    torch.cuda.synchronize(device)
                 seconds = time.perf_counter() - t0
                 record = {
                     "epoch": epoch + 1,

@@ -12,6 +12,18 @@ def pytest_report_header(config):
     return f"CNNLAB_DATA={os.environ.get('CNNLAB_DATA', '(not set)')}  CNNLAB_SMOKE={os.environ.get('CNNLAB_SMOKE', '')}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def full_float32_on_gpus():
+    """On a GPU, tests compare results across devices: no TF32 shortcuts in matrix products and
+    convolutions (on the CPU this changes nothing)."""
+    import torch
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @pytest.fixture(scope="session")
 def mnist_small():
     """2,000 stratified training images and 1,000 test images of real MNIST."""

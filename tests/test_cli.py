@@ -175,3 +175,43 @@ def test_gpu_check_without_a_gpu_says_how_to_try_it(capsys):
     assert main(["gpu-check", "--out", "/nonexistent/never-made"]) == 2
     err = capsys.readouterr().err
     assert "--device cuda" in err and "--device cpu" in err
+
+
+def test_help_and_argument_errors_answer_before_pytorch_loads():
+    code = ("import sys, contextlib, io\n"
+            "from cnnlab.__main__ import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['train', '--epochs', 'x'], ['bench', '--nonsense']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "        try:\n"
+            "            main(argv)\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "print('torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def test_the_command_line_knows_every_model():
+    from cnnlab.__main__ import MODEL_NAMES
+    from cnnlab.models import MODELS
+
+    assert tuple(MODELS) == MODEL_NAMES
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "-1"], "epochs=-1"),
+    (["--lr", "0"], "lr=0"),
+    (["--batch-size", "0"], "batch_size=0"),
+    (["--limit-train", "0"], "--limit-train: limit must be a positive"),
+    (["--limit-test", "-5"], "--limit-test: limit must be a positive"),
+])
+def test_bad_settings_exit_2_before_loading_data(args, message, monkeypatch, capsys):
+    from cnnlab import data
+
+    def no_loading(*a, **k):
+        raise AssertionError("data was loaded before the settings were checked")
+
+    monkeypatch.setattr(data, "load", no_loading)
+    assert main(["train", "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err

@@ -44,7 +44,7 @@ def test_dashboard_draws_frames_records_curves_and_times_itself(mnist_small):
     assert torch.allclose(shown, tile(model.conv1.weight.detach().cpu()[:, 0], 8), equal_nan=True)
     maps = feature_maps(model, test.x[3:4], "conv2")[0]
     shown = torch.as_tensor(dash._im_maps[1].get_array().filled(float("nan")))
-    assert torch.allclose(shown, tile(maps, normalize=True), equal_nan=True, atol=1e-5)
+    assert torch.allclose(shown, tile(maps, normalize=True), equal_nan=True, atol=5e-3)  # on a GPU: a CPU twin
     assert dash.png[:4] == b"\x89PNG" and dash.frames >= 3  # first frame, some during training, the final one
     # train points over the run's whole length, test points at each epoch end, from fit's own numbers
     xs = [x for x, _ in dash.curves["train_loss"]]
@@ -227,8 +227,9 @@ def test_spatial_layers_and_top_activating(small_cnn, mnist_small):
                       "relu2": (64, 24, 24), "pool": (64, 12, 12)}
     maxima = channel_maxima(small_cnn, test.x[:300], "conv2", batch_size=128)
     with torch.no_grad():
-        direct = small_cnn.conv2(small_cnn.relu1(small_cnn.conv1(test.x[:300]))).amax((2, 3))
-    assert torch.allclose(maxima, direct, atol=1e-5)
+        x = test.x[:300].to(small_cnn.conv1.weight.device)  # fit left the model on its device
+        direct = small_cnn.conv2(small_cnn.relu1(small_cnn.conv1(x))).amax((2, 3)).cpu()
+    assert torch.allclose(maxima, direct, atol=1e-4)
     idx, values = top_activating(maxima, 7, k=9)
     assert torch.equal(values, maxima[idx, 7]) and values[0] == maxima[:, 7].max() and (values[:-1] >= values[1:]).all()
     with pytest.raises(ValueError, match="channel must be from 0 to 63"):

@@ -76,5 +76,6 @@ def test_accuracy_under_shift_on_real_digits(mnist_small):
     for acc in curves.values():
         assert acc[0] == evaluate(model, test).accuracy  # no shift: plain test accuracy
         assert acc[1] < acc[0] - 0.2  # a linear model collapses under a 3-pixel shift
-    blank_class = model(torch.full((1, 1, 28, 28), test.background)).argmax().item()
+    blank = torch.full((1, 1, 28, 28), test.background, device=model.fc.weight.device)  # where fit left the model
+    blank_class = model(blank).argmax().item()
     assert curves["left"][2] == pytest.approx((test.y == blank_class).float().mean().item())  # all blank

@@ -72,7 +72,7 @@ def lab(tmp_path_factory):
     _chromium_or_skip()
     root = tmp_path_factory.mktemp("lab")
     work = root / "notebooks"
-    shutil.copytree(ROOT / "notebooks", work, ignore=shutil.ignore_patterns("conftest.py", "__pycache__", ".ipynb_checkpoints"))
+    shutil.copytree(ROOT / "notebooks", work, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     _write_settings(root / "settings")
     port = _free_port()
     env = {**os.environ, "CNNLAB_SMOKE": "1", "JUPYTERLAB_SETTINGS_DIR": str(root / "settings"),

@@ -86,7 +86,8 @@ class StopButton(Callback):
         if in_notebook():
             from IPython.display import HTML, display
 
-            self._handle = display(HTML(_stop_button_html(_kernel_id())), display_id=True)
+            kernel = _kernel_id() if _frontend() == "jupyter" else None  # VS Code and Colab serve no kernel REST API
+            self._handle = display(HTML(_stop_button_html(kernel, _frontend())), display_id=True)
 
     def after_batch(self, state: LoopState) -> None:
         if self.requested:
@@ -121,9 +122,27 @@ def _kernel_id() -> str | None:
     return match.group(1) if match else None
 
 
-def _stop_button_html(kernel_id: str | None) -> str:
+def _frontend() -> str:
+    """Where this kernel's notebook is shown: ``"colab"``, ``"vscode"`` or ``"jupyter"`` (JupyterLab,
+    Notebook 7, anything serving Jupyter's REST API)."""
+    import os
+    import sys
+
+    if "google.colab" in sys.modules:
+        return "colab"
+    if any(k.startswith("VSCODE_") for k in os.environ):
+        return "vscode"
+    return "jupyter"
+
+
+_INTERRUPT = {"jupyter": "the ■ (interrupt) button in the toolbar", "vscode": "the Interrupt button above the notebook",
+              "colab": "the ■ button beside the running cell (or Runtime → Interrupt execution)"}
+
+
+def _stop_button_html(kernel_id: str | None, frontend: str = "jupyter") -> str:
+    where = _INTERRUPT.get(frontend, _INTERRUPT["jupyter"])
     if kernel_id is None:
-        return "<i>to stop training early, interrupt the kernel (■)</i>"
+        return f"<i>to stop training early and keep the model, press {html.escape(where)}</i>"
     script = (
         "var b=this; b.disabled=true; b.textContent='stopping…';"
         "var c=JSON.parse((document.getElementById('jupyter-config-data')||{}).textContent||'{}');"
@@ -135,7 +154,8 @@ def _stop_button_html(kernel_id: str | None) -> str:
     )
     return (f'<button class="cnnlab-stop" title="ends training after the current batch; the model is kept" '
             f'style="background:#d32f2f;color:white;border:0;border-radius:3px;padding:4px 12px;cursor:pointer" '
-            f'onclick="{html.escape(script)}">■ stop training</button>')
+            f'onclick="{html.escape(script)}">■ stop training</button> '
+            f'<span style="color:#777;font-size:85%">(or {html.escape(where)}: the same clean stop)</span>')
 
 
 class LiveDashboard(Callback):

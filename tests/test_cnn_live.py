@@ -107,7 +107,24 @@ def test_stop_button_html_interrupts_this_kernel_through_the_server():
 
     page = _stop_button_html("0a1b-2c")
     assert "api/kernels/0a1b-2c/interrupt" in page and "method:&#x27;POST&#x27;" in page and "stop training" in page
-    assert "<button" not in _stop_button_html(None) and "interrupt the kernel" in _stop_button_html(None)
+    assert "(or the ■ (interrupt) button" in page  # if scripts are off, the page still says what to press
+    assert "<button" not in _stop_button_html(None) and "the ■ (interrupt) button" in _stop_button_html(None)
+
+
+def test_stop_button_outside_jupyterlab_points_to_the_interrupt_button(monkeypatch):
+    """VS Code and Colab serve no kernel REST API: no button that cannot work, but what to press."""
+    import sys
+    import types
+
+    from cnnlab.callbacks import _frontend, _stop_button_html
+
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("VSCODE_")})
+    assert _frontend() == "jupyter"
+    monkeypatch.setitem(os.environ, "VSCODE_PID", "1234")
+    assert _frontend() == "vscode"
+    assert "Interrupt button above the notebook" in _stop_button_html(None, "vscode")
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert _frontend() == "colab" and "Runtime → Interrupt execution" in _stop_button_html(None, "colab")
 
 
 def test_every_throttles_by_steps_and_time():

@@ -63,6 +63,7 @@ def test_ci_runs_the_readme_test_command():
     assert "constraints.txt" in test_cmd
     lab_cmd = next(c for c in commands if "jupyter lab" in c)
     assert "constraints.txt" in lab_cmd and "notebooks" in lab_cmd
+    assert "--allow-root" in lab_cmd  # the same command works as root (containers) and as a user
 
 
 def test_notebooks_read_the_smoke_setting_through_cnnlab():
@@ -92,3 +93,15 @@ def test_gpu_check_wheels_are_the_pinned_versions():
     for line in filter(None, lines):
         name, version = line.split("==")
         assert pinned.get(canonicalize_name(name)) == version, f"gpu-check-wheels.txt pins {line}, constraints.txt {pinned.get(canonicalize_name(name))}"
+
+
+def test_python_version_is_the_same_everywhere():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11"
+    assert "Python 3.11 or newer" in (ROOT / "README.md").read_text()
+
+
+def test_the_notebooks_folder_holds_only_the_series():
+    extra = [p.name for p in (ROOT / "notebooks").iterdir()
+             if p.suffix != ".ipynb" and p.name not in ("__pycache__", ".ipynb_checkpoints")]
+    assert not extra, f"test plumbing belongs in tests/, not in the learner's notebooks/: {extra}"

@@ -97,12 +97,14 @@ def _bench(args) -> int:
     else:
         print(f"one epoch each way, alternated {args.repeats}x (about {args.repeats * 2} epochs of training)...",
               file=out, flush=True)
-        result = run(device=args.device, seed=args.seed, limit=args.limit_train, repeats=args.repeats)
+        result = run(device=args.device, seed=args.seed, limit=args.limit_train, repeats=args.repeats,
+                     report=lambda line: print(line, file=out, flush=True))
         print(format_result(result), file=out, flush=True)
         if args.target > 0:
             print(f"the series' settings until {args.target:.1%}...", file=out, flush=True)
             result["time_to_accuracy"] = time_to_accuracy(device=args.device, target=args.target, seed=args.seed,
-                                                          limit=args.limit_train)
+                                                          limit=args.limit_train,
+                                                          report=lambda line: print(line, file=out, flush=True))
             print(format_time_to_accuracy(result["time_to_accuracy"]), file=out, flush=True)
     if args.json:
         print(json.dumps(result))

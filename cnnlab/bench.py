@@ -12,6 +12,7 @@ Both train the same model (``SmallCNN``) from the same seed and are scored on th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -91,17 +92,22 @@ def cnnlab_epoch(device: torch.device, seed: int = 1, limit: int | None = None) 
     return EpochResult("cnnlab", epoch["seconds"], epoch["images_per_s"], epoch["test_acc"], setup, len(train_set))
 
 
-def run(device: str | None = None, seed: int = 1, limit: int | None = None, repeats: int = 2) -> dict:
+def run(device: str | None = None, seed: int = 1, limit: int | None = None, repeats: int = 2,
+        report: Callable[[str], None] | None = None) -> dict:
     """Both paths on one device, alternated ``repeats`` times (recipe, cnnlab, recipe, cnnlab, ...)
     so a burst of load on a shared machine cannot decide the ratio; each path's best epoch counts
-    (``speedup`` = best recipe time / best cnnlab time) and the spread of the others is reported."""
+    (``speedup`` = best recipe time / best cnnlab time) and the spread of the others is reported.
+    ``report`` (e.g. ``print``) hears one line after each epoch, so a long benchmark shows progress."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     dev = pick_device(device)
     runs: dict[str, list[EpochResult]] = {"recipe": [], "cnnlab": []}
-    for _ in range(repeats):
-        runs["recipe"].append(recipe_epoch(dev, seed, limit))
-        runs["cnnlab"].append(cnnlab_epoch(dev, seed, limit))
+    for i in range(repeats):
+        for key, epoch in (("recipe", recipe_epoch), ("cnnlab", cnnlab_epoch)):
+            runs[key].append(epoch(dev, seed, limit))
+            if report is not None:
+                r = runs[key][-1]
+                report(f"  {i + 1}/{repeats} {r.path}: {r.seconds:.1f} s, test accuracy {r.test_acc:.2%}")
     best = {k: min(v, key=lambda r: r.seconds) for k, v in runs.items()}
     if best["recipe"].train_images != best["cnnlab"].train_images:
         raise RuntimeError(f"the two paths saw {best['recipe'].train_images} and {best['cnnlab'].train_images} images")
@@ -138,18 +144,22 @@ def format_result(r: dict) -> str:
 
 
 class _StopAt(Callback):
-    """Ends training after the first epoch whose test accuracy reaches ``target``."""
+    """Ends training after the first epoch whose test accuracy reaches ``target``; tells ``report``
+    each epoch's accuracy and time."""
 
-    def __init__(self, target: float):
-        self.target = target
+    def __init__(self, target: float, report: Callable[[str], None] | None = None):
+        self.target, self.report = target, report
 
     def after_epoch(self, state) -> None:
-        if state.history.last("test_acc", 0.0) >= self.target:
+        e = state.history.epochs[-1]
+        if self.report is not None:
+            self.report(f"  epoch {e['epoch']}: test accuracy {e['test_acc']:.2%} at {e['elapsed']:.1f} s")
+        if e["test_acc"] >= self.target:
             raise StopTraining
 
 
 def time_to_accuracy(device: str | None = None, target: float = 0.992, seed: int = 0, limit: int | None = None,
-                     **settings) -> dict:
+                     report: Callable[[str], None] | None = None, **settings) -> dict:
     """Wall time of ``fit`` until the first epoch whose test accuracy reaches ``target``, for the
     seed CNN at the series' settings (``runs.SERIES_SETTINGS["small-cnn"]``, overridable),
     warm-up and per-epoch evaluation included; training stops there."""
@@ -163,7 +173,7 @@ def time_to_accuracy(device: str | None = None, target: float = 0.992, seed: int
     test_set = data.load("mnist", "test", device=dev)
     seed_everything(seed)
     history = fit(SmallCNN(), train_set, test_set, device=str(dev), seed=seed, progress=False,
-                  callbacks=[_StopAt(target)], **settings)
+                  callbacks=[_StopAt(target, report)], **settings)
     hit = next((e for e in history.epochs if e["test_acc"] >= target), None)
     return {"device": str(dev), "target": target, "train_images": len(train_set), "settings": settings,
             "reached": hit is not None, "epoch": hit["epoch"] if hit else None,

@@ -215,3 +215,13 @@ def test_bad_settings_exit_2_before_loading_data(args, message, monkeypatch, cap
     assert main(["train", "--no-progress", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+
+
+def test_bench_reports_progress_as_it_goes(capsys):
+    assert main(["bench", "--device", "cpu", "--limit-train", "640", "--repeats", "1", "--target", "0.5"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert any("1/1 pytorch/examples recipe:" in ln for ln in lines) and any("1/1 cnnlab:" in ln for ln in lines)
+    assert any(ln.strip().startswith("epoch 1: test accuracy") for ln in lines)
+    # progress lines come before the table they add up to
+    assert out.index("1/1 cnnlab:") < out.index("x faster per epoch") < out.index("time to 50.0%")

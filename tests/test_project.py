@@ -105,3 +105,22 @@ def test_the_notebooks_folder_holds_only_the_series():
     extra = [p.name for p in (ROOT / "notebooks").iterdir()
              if p.suffix != ".ipynb" and p.name not in ("__pycache__", ".ipynb_checkpoints")]
     assert not extra, f"test plumbing belongs in tests/, not in the learner's notebooks/: {extra}"
+
+
+def test_every_pin_installs_on_the_oldest_python_the_readme_promises():
+    """"Python 3.11 or newer" includes 3.11.0 (Debian 12 ships 3.11.2): no pinned release may ask
+    for more. Read from the installed distributions' own metadata, so it needs no network."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.specifiers import SpecifierSet
+
+    too_new = []
+    for name, version in pins().items():
+        try:
+            meta = distribution(name).metadata
+        except PackageNotFoundError:
+            continue  # not in this environment (the test extra installs them all)
+        if meta["Version"] == version and meta["Requires-Python"]:
+            if not SpecifierSet(meta["Requires-Python"]).contains("3.11.0"):
+                too_new.append(f"{name}=={version} (Requires-Python {meta['Requires-Python']})")
+    assert not too_new, f"pins that need a newer Python than 3.11.0: {too_new}"

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from pathlib import Path
 
 #: The model registry's names (``cnnlab.models.MODELS``; a test keeps the two in step), here so
 #: that ``--help`` needs no PyTorch.
@@ -35,11 +38,33 @@ def _print_epoch(state, stream) -> None:
     )
 
 
+def _json_safe(value):
+    """``value`` with every non-finite float as None, so strict JSON parsers accept it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(_json_safe(obj), allow_nan=False))
+
+
+def interrupted_path(path: str | os.PathLike) -> Path:
+    """Where ``train --save PATH`` puts a run that did not finish: ``run.pt`` -> ``run.interrupted.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.interrupted{path.suffix or '.pt'}")
+
+
 def _train(args) -> int:
     from cnnlab import data
     from cnnlab.checkpoint import save_checkpoint
+    from cnnlab.files import check_writable
     from cnnlab.models import count_parameters, create_model
-    from cnnlab.train import Callback, fit, make_config, seed_everything
+    from cnnlab.train import Callback, evaluate, fit, make_config, seed_everything
 
     # With --json, human-readable lines go to stderr so stdout's last line is the JSON object.
     out = sys.stderr if args.json else sys.stdout
@@ -49,10 +74,15 @@ def _train(args) -> int:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     make_config(**settings)  # bad settings are refused before any data is read
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
     for name in ("limit_train", "limit_test"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: limit must be a positive number of examples, "
                              f"got {getattr(args, name)}")
+    if args.save:  # an impossible place is refused now, not after training
+        check_writable(args.save, "checkpoint")
+        check_writable(interrupted_path(args.save), "checkpoint")
     train_set = data.load(args.dataset, "train", limit=args.limit_train, seed=args.seed)
     test_set = data.load(args.dataset, "test", limit=args.limit_test, seed=args.seed)
     seed_everything(args.seed)  # the initial weights too, so a run repeats exactly on CPU
@@ -70,18 +100,26 @@ def _train(args) -> int:
         flush=True,
     )
     history = fit(model, train_set, test_set, callbacks=[PrintEpochs()], **settings)
-    test_acc = history.last("test_acc")
+    finished = history.stopped is None
+    # The accuracy saved and printed is the final weights' own: after a stop mid-epoch, the last
+    # epoch's score describes weights that have since changed.
+    test_acc = history.last("test_acc") if finished else evaluate(model, test_set).accuracy
     print(
-        f"final test accuracy {test_acc:.2%} after {len(history.epochs)} epoch(s), {history.seconds:.1f}s on {history.device}"
-        + (f" (stopped: {history.stopped})" if history.stopped else ""),
+        f"final test accuracy {test_acc:.2%} after {len(history.epochs)} full epoch(s), {history.seconds:.1f}s on "
+        f"{history.device}" + ("" if finished else f" (stopped: {history.stopped}; scored again after the stop)"),
         file=out,
         flush=True,
     )
     if args.save:
-        path = save_checkpoint(args.save, model, history=history, metrics={"test_acc": test_acc, "dataset": args.dataset})
-        print(f"saved {path}", file=out)
+        path = Path(args.save) if finished else interrupted_path(args.save)
+        path = save_checkpoint(path, model, history=history,
+                               metrics={"test_acc": test_acc, "dataset": args.dataset, "complete": finished})
+        if finished:
+            print(f"saved {path}", file=out)
+        else:  # never over a complete checkpoint
+            print(f"training did not finish: saved the partial model as {path}; {args.save} is untouched", file=out)
     if args.json:
-        print(json.dumps({"model": args.model, "dataset": args.dataset, "test_acc": test_acc, **history.to_dict()}))
+        _print_json({"model": args.model, "dataset": args.dataset, "test_acc": test_acc, **history.to_dict()})
     return 0 if history.stopped != "interrupt" else 130
 
 
@@ -107,7 +145,7 @@ def _bench(args) -> int:
                                                           report=lambda line: print(line, file=out, flush=True))
             print(format_time_to_accuracy(result["time_to_accuracy"]), file=out, flush=True)
     if args.json:
-        print(json.dumps(result))
+        _print_json(result)
     return 0
 
 
@@ -169,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     from cnnlab.checkpoint import CheckpointError
     from cnnlab.data import DataError
     from cnnlab.device import DeviceError, pick_device
+    from cnnlab.train import NonFiniteLoss
 
     try:
         if getattr(args, "device", None) is not None:
@@ -180,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as err:  # not a bad argument: the run itself went wrong
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

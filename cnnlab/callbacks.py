@@ -190,6 +190,7 @@ class LiveDashboard(Callback):
         self.frames = 0
         self.png = b""  # the latest frame
         self.seconds = 0.0  # time spent inside the dashboard
+        self.frame_log: list[tuple[float, float]] = []  # (start, seconds) of each frame, from the start of fit
         self.fit_seconds = 0.0  # wall time of the whole fit, set when it ends
         self._started = time.perf_counter()
         self.curves: dict[str, list[tuple[float, float]]] = {}
@@ -210,8 +211,9 @@ class LiveDashboard(Callback):
         convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         self._first_conv = dict(model.named_modules())[convs[0]] if convs else None
         self._map_layers = self.layers if self.layers is not None else convs
+        self.frame_log = []  # (start, seconds) of every frame, start counted from the start of fit
         self._draw(state)
-        self.seconds += time.perf_counter() - t0
+        self._spaced(t0, time.perf_counter() - t0)
 
     def after_batch(self, state: LoopState) -> None:
         n = len(state.yb)
@@ -235,6 +237,7 @@ class LiveDashboard(Callback):
                 self._record_window(state)
             self._draw(state, final=True)
         finally:
+            self.frame_log.append((t0 - self._started, time.perf_counter() - t0))
             self.seconds += time.perf_counter() - t0
             self.fit_seconds = time.perf_counter() - state.started
             self._fig = None
@@ -272,11 +275,16 @@ class LiveDashboard(Callback):
             self._record_window(state)
         self._draw(state)
         spent = time.perf_counter() - t0
+        self._spaced(t0, spent)
+        self._window_start += spent  # images/s counts training time, not drawing time
+
+    def _spaced(self, t0: float, spent: float) -> None:
+        """Count a frame's cost, and keep drawing to about ``budget`` of the time: the next frame
+        waits ``spent / budget`` at least (the first frame, drawn before training, counts too)."""
         self.seconds += spent
-        # Keep drawing to about `budget` of the time: the next frame waits spent/budget at least.
+        self.frame_log.append((t0 - self._started, spent))
         self._throttle.seconds = max(self.every_s, spent / self.budget)
         self._throttle.reset()
-        self._window_start += spent  # images/s counts training time, not drawing time
 
     def _maps(self, state: LoopState) -> dict[str, Tensor]:
         if self.data is None:

@@ -8,6 +8,7 @@ pickled code. Anything wrong with a file is a :class:`CheckpointError` that says
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,16 +79,30 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        lines = str(err).splitlines() or [""]
-        reason = next((ln.strip() for ln in lines if "Unsupported global" in ln), lines[0])[:300]
+        blocked = re.search(r"unsupported global:?\s*GLOBAL\s+([\w.]+)", str(err), flags=re.I)
+        if blocked:  # torch's weights_only loader refused to import something: the file would run code
+            raise CheckpointError(
+                f"{path} was refused: loading it would import and run {blocked.group(1)}, and cnnlab "
+                "checkpoints hold only tensors and plain values. Do not load files you do not trust; "
+                "delete it and train again."
+            ) from None
+        first = (str(err).strip().splitlines() or [""])[0][:300]
         raise CheckpointError(
-            f"{path} could not be read as a checkpoint ({type(err).__name__}: {reason}). "
-            "It is truncated, corrupt, or not a cnnlab checkpoint; files holding pickled code are refused. "
-            "Delete it and train again."
+            f"{path} could not be read as a checkpoint ({type(err).__name__}: {first}). "
+            "It is truncated, corrupt, or not a cnnlab checkpoint. Delete it and train again."
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cnnlab checkpoint (expected format {FORMAT!r}); delete it and train again")
-    info = payload["model"]
+    missing = [k for k, kind in (("model", dict), ("state_dict", dict)) if not isinstance(payload.get(k), kind)]
+    info = payload.get("model") if isinstance(payload.get("model"), dict) else {}
+    if missing or not isinstance(info.get("hparams", {}), dict) or not isinstance(payload.get("metrics", {}), dict):
+        raise CheckpointError(f"{path} is damaged: its {', '.join(missing) or 'model or metrics'} entry is missing or "
+                              "of the wrong kind; delete it and train again")
+    bad = [k for k, v in payload["state_dict"].items() if not isinstance(v, torch.Tensor)
+           or (v.is_floating_point() and not bool(torch.isfinite(v).all()))]
+    if bad:
+        raise CheckpointError(f"{path} holds NaN, infinite or non-tensor weights ({', '.join(bad[:5])}): the run that "
+                              "saved it had diverged or the file is damaged; delete it and train again")
     if model is None:
         if info.get("name") not in MODELS:
             raise CheckpointError(
@@ -95,8 +110,8 @@ def load_checkpoint(
                 "pass model=... to load its weights into a model you built"
             )
         try:
-            model = create_model(info["name"], **info["hparams"])
-        except TypeError as err:
+            model = create_model(info["name"], **info.get("hparams", {}))
+        except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: cannot rebuild {info['name']} from {info['hparams']}: {err}") from None
     try:
         model.load_state_dict(payload["state_dict"])
@@ -107,5 +122,8 @@ def load_checkpoint(
             + " ".join(str(err).split())[:600]
         ) from None
     model.eval()
-    history = History.from_dict(payload["history"]) if payload.get("history") else None
+    try:
+        history = History.from_dict(payload["history"]) if payload.get("history") else None
+    except TypeError as err:
+        raise CheckpointError(f"{path} holds a training history cnnlab cannot read ({err}); delete it and train again") from None
     return Checkpoint(model=model, history=history, metrics=payload.get("metrics", {}), path=path)

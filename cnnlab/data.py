@@ -145,8 +145,11 @@ def _verified_content(path: Path, spec: DatasetSpec, raw_name: str) -> bytes:
         try:
             content = gzip.decompress(blob)
         except (OSError, EOFError, zlib.error) as err:
+            # EOFError: the stream stops early (a cut-off download); anything else (a CRC or
+            # deflate error) means bytes were changed inside a file of the right length.
+            what = "it is truncated (cut off before its end)" if isinstance(err, EOFError) else "it is corrupt"
             raise CorruptDatasetError(
-                f"{path} is not a readable gzip archive ({err}); it is probably truncated. "
+                f"{path} is not a readable gzip archive ({err}); {what}. "
                 f"Expected archive MD5 {spec.archive_md5.get(raw_name)} or decompressed MD5 "
                 f"{expected}. Replace it with a fresh copy."
             ) from None
@@ -198,7 +201,14 @@ def locate(
     dirs = search_dirs(name, root)
     if download is None:
         download = not _offline()
-    missing, corrupt = _fill_cache(spec, target_dir, dirs)
+    try:
+        missing, corrupt = _fill_cache(spec, target_dir, dirs)
+    except PermissionError as err:
+        raise DataError(
+            f"{spec.name}: permission denied for {err.filename or target_dir}. cnnlab reads the raw files where "
+            f"it finds them and writes the extracted ones into {target_dir}; point CNNLAB_CACHE at a folder you "
+            "can write (for example: export CNNLAB_CACHE=~/.cache/cnnlab), or fix the folder's permissions."
+        ) from None
     if missing and download:
         with tempfile.TemporaryDirectory(prefix="cnnlab-download-") as tmp:
             download_error = _download(spec, Path(tmp))
@@ -306,6 +316,16 @@ class ImageSet(torch.utils.data.Dataset):
     mean: float = 0.0
     std: float = 1.0
 
+    def __post_init__(self) -> None:
+        # Refused once, here: a NaN pixel would otherwise train to chance with no word.
+        if self.x.is_floating_point() and self.x.device.type != "meta" and not bool(torch.isfinite(self.x).all()):
+            bad = (~torch.isfinite(self.x)).flatten(1).any(1).nonzero().flatten()
+            raise ValueError(
+                f"{len(bad):,} of {len(self.x):,} images hold NaN or infinite pixels (the first: "
+                f"{bad[:5].tolist()}); fix or drop them before training (torch.nan_to_num, or keep "
+                "torch.isfinite(x).flatten(1).all(1))"
+            )
+
     def __len__(self) -> int:
         return len(self.y)
 
@@ -322,7 +342,7 @@ class ImageSet(torch.utils.data.Dataset):
 
     def subset(self, index: Tensor | Sequence[int]) -> ImageSet:
         """The examples at ``index``, in that order."""
-        index = torch.as_tensor(index, device=self.x.device)
+        index = torch.as_tensor(index, dtype=torch.long, device=self.x.device)  # [] is a float tensor otherwise
         return replace(self, x=self.x[index], y=self.y[index])
 
     def batches(

@@ -81,8 +81,12 @@ def predict_drawing(
     data: ImageSet,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """A drawn digit (H, W) in [0, 1] prepared like MNIST and normalised like ``data``, and each
-    model's class probabilities for it: ``(digit (1, 28, 28), {name: probs})``."""
-    digit = (mnist_style(image, size=data.x.shape[-1]) - data.mean) / data.std
+    model's class probabilities for it: ``(digit (1, 28, 28), {name: probs})``. A drawing with no
+    ink is a ``ValueError``, not a prediction: there is nothing to read."""
+    prepared = mnist_style(image, size=data.x.shape[-1])
+    if not bool(prepared.any()):
+        raise ValueError("no ink on the pad: draw a digit (press, drag, release) first")
+    digit = (prepared - data.mean) / data.std
     return digit, {name: predict(m, digit[None])[0] for name, m in models.items()}
 
 
@@ -128,7 +132,11 @@ def drawing_pad(
         if not any(box.strokes):
             summary.value = "<i>nothing drawn yet</i>"
             return
-        digit, probs = predict_drawing(models, render_strokes(box.strokes, size, width), data)
+        try:
+            digit, probs = predict_drawing(models, render_strokes(box.strokes, size, width), data)
+        except ValueError as err:  # no ink (a click outside the box, a stroke off the edge)
+            summary.value = f"<i>{html.escape(str(err))}</i>"
+            return
         box.digit = digit
         for ax in axes:
             ax.clear()

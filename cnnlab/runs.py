@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +20,7 @@ from cnnlab import cache_dir, smoke_mode
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.data import ImageSet
 from cnnlab.device import pick_device
-from cnnlab.train import History, fit, make_config, seed_everything
+from cnnlab.train import History, evaluate, fit, make_config, seed_everything
 
 __all__ = ["SERIES_SETTINGS", "series_settings", "run_path", "save_run", "load_or_train"]
 
@@ -64,6 +65,15 @@ def save_run(name: str, model: nn.Module, history: History, train_set: ImageSet)
     return save_checkpoint(path, model, history=history, metrics={"test_acc": history.last("test_acc")})
 
 
+def _agrees(recorded: float, now: float, n: int) -> bool:
+    """Whether a saved run still scores what it recorded: within 3 standard errors of an accuracy
+    measured on ``n`` test images (the notebooks' smoke setting scores on a subset), at least 0.5 point."""
+    if not math.isfinite(recorded):
+        return False
+    p = min(max(recorded, 1e-3), 1 - 1e-3)
+    return abs(now - recorded) <= max(0.005, 3 * math.sqrt(p * (1 - p) / max(n, 1)))
+
+
 def load_or_train(
     name: str,
     make_model: Callable[[], nn.Module],
@@ -84,8 +94,13 @@ def load_or_train(
     if path.exists():
         try:
             ckpt = load_checkpoint(path, model=model)
-            print(f"{name}: loaded the saved run {path.name} (test accuracy {ckpt.metrics.get('test_acc', float('nan')):.2%})")
-            return ckpt.model.to(device), ckpt.history
+            recorded = ckpt.metrics.get("test_acc", float("nan"))
+            now = evaluate(ckpt.model.to(device), test_set).accuracy
+            if _agrees(recorded, now, len(test_set)):
+                print(f"{name}: loaded the saved run {path.name} (test accuracy {recorded:.2%})")
+                return ckpt.model, ckpt.history
+            print(f"{name}: the saved run {path.name} recorded {recorded:.2%} but scores {now:.2%} on these "
+                  f"{len(test_set):,} test images; training again")
         except CheckpointError as err:
             print(f"{name}: the saved run could not be used ({err}); training again")
     else:

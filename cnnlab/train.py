@@ -38,6 +38,7 @@ __all__ = [
     "LoopState",
     "Callback",
     "StopTraining",
+    "NonFiniteLoss",
     "fit",
     "evaluate",
     "predict",
@@ -53,7 +54,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 3e-3  # peak learning rate of the one-cycle schedule
     optimizer: str = "adam"  # adam | adamw | sgd | adadelta
-    momentum: float = 0.9  # sgd only
+    momentum: float | None = None  # sgd only; None: 0.9, or cycled 0.95 -> 0.85 -> 0.95 by the one-cycle schedule
     weight_decay: float = 0.0
     schedule: str = "onecycle"  # onecycle | constant | step (x0.7 each epoch, as pytorch/examples)
     label_smoothing: float = 0.0
@@ -75,6 +76,8 @@ class TrainConfig:
             "eval_batch_size": self.eval_batch_size >= 1,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "cuda_graph": not self.cuda_graph or self.optimizer in ("adam", "adamw"),
+            "momentum": self.momentum is None or (0 <= self.momentum < 1 and self.optimizer == "sgd"
+                                                  and self.schedule != "onecycle"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -82,14 +85,17 @@ class TrainConfig:
                 "invalid training setting(s): "
                 + ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
                 + f" (optimizer: {' | '.join(_OPTIMIZERS)}; schedule: onecycle | constant | step;"
-                " amp: auto | bf16 | off; epochs >= 0, batch sizes >= 1, lr > 0; cuda_graph needs adam or adamw)"
+                " amp: auto | bf16 | off; epochs >= 0, batch sizes >= 1, lr > 0; cuda_graph needs adam or adamw;"
+                " momentum is for sgd with schedule='constant' or 'step', between 0 and 1: the one-cycle schedule"
+                " sets momentum itself, and adam's is its betas)"
             )
 
 
 _OPTIMIZERS = {  # fused: one kernel per step for all parameters, where the device has it (CUDA)
     "adam": lambda p, c, fused: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay, fused=fused or None),
     "adamw": lambda p, c, fused: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay, fused=fused or None),
-    "sgd": lambda p, c, fused: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True),
+    "sgd": lambda p, c, fused: torch.optim.SGD(p, lr=c.lr, momentum=0.9 if c.momentum is None else c.momentum,
+                                               weight_decay=c.weight_decay, nesterov=True),
     "adadelta": lambda p, c, fused: torch.optim.Adadelta(p, lr=c.lr, weight_decay=c.weight_decay),
 }
 
@@ -148,6 +154,15 @@ class LoopState:
     logits: Tensor | None = None  # the last batch's outputs (B, classes)
     started: float = 0.0  # time.perf_counter() at the start of fit
     amp: bool = False  # training in bf16 autocast (see TrainConfig.amp)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite; the message says where and what to try.
+    ``history`` holds what was measured before it."""
+
+    def __init__(self, message: str, history: History):
+        super().__init__(message)
+        self.history = history
 
 
 class StopTraining(Exception):
@@ -222,6 +237,24 @@ def _graceful_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
+def _check_model_and_data(model: nn.Module, train: ImageSet) -> None:
+    """One clear sentence, before training, for the mistakes that otherwise end in a traceback
+    from deep inside PyTorch (or in silently wrong numbers)."""
+    if len(train) == 0:
+        raise ValueError("the training set is empty: check the limit or the subset that built it")
+    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if kinds - {torch.float32}:
+        names = ", ".join(sorted(str(k).removeprefix("torch.") for k in kinds))
+        raise ValueError(f"the model's weights are {names}; fit trains float32 weights (with bf16 autocast where it "
+                         "pays): call model.float() first")
+    with torch.no_grad(), eval_mode(model):
+        out = model(train.x[:1])
+    classes = len(train.classes) if train.classes else int(train.y.max()) + 1
+    if out.dim() != 2 or out.shape[1] != classes:
+        raise ValueError(f"the model gives outputs of shape {tuple(out.shape[1:])} per image, but "
+                         f"{train.name or 'the data'} has {classes} classes: build it with num_classes={classes}")
+
+
 def fit(
     model: nn.Module,
     train_set: ImageSet,
@@ -249,6 +282,7 @@ def fit(
         model.to(memory_format=torch.channels_last)
     train = train_set.to(device)
     test = test_set.to(device) if test_set is not None else None
+    _check_model_and_data(model, train)
     graphed = cfg.cuda_graph and device.type == "cuda"
     if graphed:
         opt = graph_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, device)
@@ -279,6 +313,8 @@ def fit(
                 model.train()
                 loss_sum = torch.zeros((), device=device)
                 correct = torch.zeros((), device=device, dtype=torch.long)
+                batch_no = torch.zeros((), device=device, dtype=torch.long)  # counted on the device: no sync per step
+                first_bad = torch.full((), -1, device=device, dtype=torch.long)
                 t0 = time.perf_counter()
                 bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
                 for xb, yb in train.batches(cfg.batch_size, shuffle=True, generator=generator):
@@ -295,12 +331,22 @@ def fit(
                         schedule.step()
                     loss_sum += loss.detach() * len(yb)
                     correct += (logits.argmax(1) == yb).sum()
+                    batch_no += 1
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), batch_no, first_bad)
                     state.step += 1
                     state.xb, state.yb, state.loss, state.logits = xb, yb, loss, logits.detach()
                     run("after_batch")
                     bar.update()
                     if interrupted.is_set():
                         raise KeyboardInterrupt
+                if int(first_bad) >= 0:  # one check per epoch
+                    raise NonFiniteLoss(
+                        f"the training loss became {'NaN' if math.isnan(float(loss_sum)) else 'infinite'} at epoch "
+                        f"{epoch + 1}, batch "
+                        f"{int(first_bad)} of {steps_per_epoch}; training stopped. Try a lower learning rate "
+                        f"(lr={cfg.lr:g} now), or check the model for NaN weights and the data for bad values.",
+                        history,
+                    )
                 if schedule_every == "epoch":
                     schedule.step()
                 if device.type == "cuda":

@@ -211,12 +211,16 @@ def receptive_field_explorer(models: Mapping[str, nn.Module], data: ImageSet, *,
     effective one (averaged over ``images`` test digits) as a heat map beside it."""
     named = as_named_models(models)
     x = data.x[:images].cpu()
-    first = next(iter(named.values()))
+    def rows_of(model: nn.Module) -> dict:
+        try:
+            return {r.name: r for r in receptive_fields(model, tuple(x.shape[1:]))}
+        except (TypeError, ValueError):  # a layer the arithmetic does not know: no layers to offer
+            return {}
+
     controls = {
         "model": widgets.Dropdown(options=list(named), description="model"),
-        "layer": widgets.Dropdown(options=[r.name for r in receptive_fields(first, tuple(x.shape[1:]))], description="layer"),
+        "layer": widgets.Dropdown(options=[], description="layer"),
     }
-    controls["layer"].value = controls["layer"].options[-1]  # the deepest layer: the largest field
     controls |= {
         "row": widgets.IntSlider(value=0, min=0, max=0, description="unit row"),
         "col": widgets.IntSlider(value=0, min=0, max=0, description="unit col"),
@@ -233,6 +237,8 @@ def receptive_field_explorer(models: Mapping[str, nn.Module], data: ImageSet, *,
             return
         model = named[controls["model"].value]
         unit = (controls["row"].value, controls["col"].value)
+        if controls["layer"].value is None:
+            return  # set_layers said why there is nothing to show
         try:
             row, region, erf = receptive_field_view(model, controls["layer"].value, unit, x)
         except ValueError as err:
@@ -250,7 +256,14 @@ def receptive_field_explorer(models: Mapping[str, nn.Module], data: ImageSet, *,
     def set_layers(_change=None) -> None:
         busy[0] = True
         model = named[controls["model"].value]
-        layers = [r.name for r in receptive_fields(model, tuple(x.shape[1:]))]
+        layers = list(rows_of(model))
+        if not layers:  # say so and wait for another model, instead of failing inside an observer
+            controls["layer"].options = []
+            busy[0] = False
+            summary.value = _error_html(ValueError(
+                f"{controls['model'].value} has no chain of convolution and pooling layers to follow "
+                "(a dense model sees the whole image from its first layer): pick a CNN"))
+            return
         if controls["layer"].value not in layers:
             controls["layer"].options = layers
             controls["layer"].value = layers[-1]
@@ -260,8 +273,10 @@ def receptive_field_explorer(models: Mapping[str, nn.Module], data: ImageSet, *,
         set_units()
 
     def set_units(_change=None) -> None:
+        rows = rows_of(named[controls["model"].value])
+        if controls["layer"].value not in rows:
+            return
         busy[0] = True
-        rows = {r.name: r for r in receptive_fields(named[controls["model"].value], tuple(x.shape[1:]))}
         _, h, w = rows[controls["layer"].value].out_shape
         for name, n in (("row", h), ("col", w)):
             controls[name].max = n - 1

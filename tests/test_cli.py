@@ -225,3 +225,71 @@ def test_bench_reports_progress_as_it_goes(capsys):
     assert any(ln.strip().startswith("epoch 1: test accuracy") for ln in lines)
     # progress lines come before the table they add up to
     assert out.index("1/1 cnnlab:") < out.index("x faster per epoch") < out.index("time to 50.0%")
+
+
+# ----- nothing lost: interrupted runs, impossible paths, strict JSON ------------------------------
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as strict parsers (JavaScript's, jq's) do."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_interrupted_train_never_replaces_a_complete_checkpoint(tmp_path):
+    """A real Ctrl-C (SIGINT) during `train --save run.pt`: run.pt, complete, stays as it was; the
+    partial model goes to run.interrupted.pt with its own accuracy, and the screen says so."""
+    import signal
+
+    from cnnlab import data
+    from cnnlab.checkpoint import load_checkpoint
+    from cnnlab.train import evaluate
+
+    good = tmp_path / "run.pt"
+    first = run_cli("train", "--model", "linear", "--epochs", "1", "--limit-train", "500", "--limit-test", "300",
+                    "--no-progress", "--save", str(good))
+    assert first.returncode == 0 and good.exists(), first.stderr
+    before = good.read_bytes()
+    p = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--model", "mlp", "--epochs", "300", "--limit-train",
+                          "2000", "--limit-test", "300", "--no-progress", "--json", "--save", str(good)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # the human-readable lines go to stderr with --json
+        if line.startswith("epoch 2/300"):
+            break
+    p.send_signal(signal.SIGINT)
+    rest_out, rest_err = p.communicate(timeout=300)
+    assert p.returncode == 130, rest_err
+    assert good.read_bytes() == before  # the complete checkpoint is untouched
+    partial = tmp_path / "run.interrupted.pt"
+    assert "training did not finish" in rest_err and str(partial) in rest_err and "untouched" in rest_err
+    ckpt = load_checkpoint(partial)
+    assert ckpt.metrics["complete"] is False and ckpt.history.stopped == "interrupt"
+    test = data.load("mnist", "test", limit=300, seed=0)
+    assert ckpt.metrics["test_acc"] == pytest.approx(evaluate(ckpt.model, test).accuracy)  # the weights' own score
+    result = strict_json(rest_out.strip().splitlines()[-1])
+    assert result["test_acc"] == ckpt.metrics["test_acc"] and result["stopped"] == "interrupt"
+
+
+@pytest.mark.parametrize("where", ["folder", "under-a-file"])
+def test_save_into_an_impossible_place_is_refused_before_training(where, tmp_path, monkeypatch, capsys):
+    from cnnlab import data
+
+    def no_loading(*a, **k):
+        raise AssertionError("data was loaded before the --save path was checked")
+
+    monkeypatch.setattr(data, "load", no_loading)
+    (tmp_path / "a-file").write_text("x")
+    target = tmp_path if where == "folder" else tmp_path / "a-file" / "run.pt"
+    assert main(["train", "--no-progress", "--save", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot save the checkpoint" in err and ("is a folder" in err or "is a file" in err)
+
+
+def test_zero_epochs_is_refused_and_json_is_strict(capsys):
+    assert main(["train", "--epochs", "0", "--no-progress"]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
+    from cnnlab.__main__ import _json_safe
+
+    assert strict_json(json.dumps(_json_safe({"a": float("nan"), "b": [1.0, float("inf")]}), allow_nan=False)) == \
+        {"a": None, "b": [1.0, None]}

@@ -45,7 +45,7 @@ def test_dashboard_draws_frames_records_curves_and_times_itself(mnist_small):
     maps = feature_maps(model, test.x[3:4], "conv2")[0]
     shown = torch.as_tensor(dash._im_maps[1].get_array().filled(float("nan")))
     assert torch.allclose(shown, tile(maps, normalize=True), equal_nan=True, atol=5e-3)  # on a GPU: a CPU twin
-    assert dash.png[:4] == b"\x89PNG" and dash.frames >= 3  # first frame, some during training, the final one
+    assert dash.png[:4] == b"\x89PNG" and dash.frames >= 2  # the first frame and the final one at least
     # train points over the run's whole length, test points at each epoch end, from fit's own numbers
     xs = [x for x, _ in dash.curves["train_loss"]]
     assert xs == sorted(xs) and xs[-1] == pytest.approx(2.0)
@@ -58,9 +58,13 @@ def test_dashboard_keeps_to_its_time_budget(mnist_small):
     train, _ = mnist_small
     dash = LiveDashboard(None, every_s=0.0, budget=0.02, show=False)
     fit(SmallCNN(), train.subset(range(1280)), epochs=1, callbacks=[dash], progress=False)
-    # No minimum interval: the budget alone spaces the frames. Each costs far more than 2% of
-    # the 20 batches, so there is the first, the last and at most one between (not one a batch).
-    assert 2 <= dash.frames <= 3
+    # No minimum interval: the budget alone spaces the frames. Each frame before the last waits at
+    # least its own cost / budget after the one before (timed by the dashboard itself, so a busy
+    # machine changes how many frames there are, not whether the rule holds), and a frame costs far
+    # more than 2% of a batch: nowhere near one frame a batch.
+    assert len(dash.frame_log) == dash.frames and 2 <= dash.frames < 20
+    for (start, cost), (next_start, _) in zip(dash.frame_log[:-2], dash.frame_log[1:-1]):
+        assert next_start - start >= cost / 0.02 * 0.999
 
 
 def test_stop_button_ends_training_and_keeps_model_and_history(mnist_small):
@@ -233,6 +237,16 @@ def test_drawing_pad_predicts_on_pen_up_and_clears(small_cnn, mnist_small):
     assert len(pad.strokes) == 1
     pad.clear()
     assert pad.strokes == [] and pad.digit is None and "draw a digit" in pad.summary.value
+
+
+def test_a_drawing_without_ink_gets_no_prediction(small_cnn, mnist_small):
+    _, test = mnist_small
+    with pytest.raises(ValueError, match="no ink on the pad"):
+        predict_drawing({"cnn": small_cnn}, torch.zeros(280, 280), test)
+    pad = drawing_pad({"cnn": small_cnn}, test)
+    pad.pen_down(500, 500)  # a tap outside the 280 x 280 box: a stroke with no ink in the picture
+    pad.pen_up(500, 500)
+    assert "no ink on the pad" in pad.summary.value and pad.digit is None and pad.image.value == b""
 
 
 # ----- the feature-map explorer ---------------------------------------------------------------------------

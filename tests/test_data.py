@@ -159,3 +159,38 @@ def test_a_corrupted_cache_file_with_no_source_is_refused(isolated_cache, monkey
     data.clear_cache()
     with pytest.raises(data.CorruptDatasetError, match="t10k-images-idx3-ubyte"):
         data.load("mnist", "test", download=False)
+
+
+@needs_shared
+def test_a_cache_that_cannot_be_written_is_a_message_not_a_traceback(isolated_cache, monkeypatch):
+    """As root (CI) a read-only folder is still writable, so the refusal is simulated where the
+    operating system would raise it."""
+    import tempfile as tf
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", kwargs.get("dir") or (args[2] if len(args) > 2 else None))
+
+    monkeypatch.setenv("CNNLAB_DATA", str(SHARED))
+    monkeypatch.setattr(tf, "mkstemp", refused)
+    with pytest.raises(data.DataError, match=r"permission denied for .*CNNLAB_CACHE.*export CNNLAB_CACHE="):
+        data.locate("mnist")
+    from cnnlab.doctor import check
+
+    report = check()  # doctor reports it instead of failing
+    assert "mnist" in report.missing and "permission denied" in report.datasets["mnist"]
+
+
+@needs_shared
+def test_same_length_corruption_is_called_corrupt_and_a_cut_off_file_truncated(isolated_cache, monkeypatch):
+    src = _copy_mnist(isolated_cache / "src")
+    monkeypatch.setenv("CNNLAB_DATA", str(isolated_cache / "src"))
+    bad = src / "t10k-labels-idx1-ubyte.gz"
+    blob = bytearray(bad.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # one byte changed, same length
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(data.CorruptDatasetError, match="it is corrupt") as err:
+        data.load("mnist", "test", download=False)
+    assert "truncated" not in str(err.value)
+    bad.write_bytes(bytes(blob[: len(blob) // 3]))
+    with pytest.raises(data.CorruptDatasetError, match="it is truncated"):
+        data.load("mnist", "test", download=False)

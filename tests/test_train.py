@@ -1,6 +1,7 @@
 """cnnlab.train: fit on real data, callbacks, stopping, interrupts, determinism, checkpoints."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -175,8 +176,31 @@ def test_pickled_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"format": "cnnlab-checkpoint/1", "x": Evil()}, path)
-    with pytest.raises(CheckpointError, match="pickled code are refused"):
+    with pytest.raises(CheckpointError, match="would import and run print") as err:
         load_checkpoint(path)
+    assert "weights_only" not in str(err.value)  # never advice to switch the check off
+
+
+@pytest.mark.parametrize("damage", ["no model entry", "model is a list", "hparams is a string", "history is odd",
+                                    "nan weight"])
+def test_crafted_or_damaged_checkpoints_are_clear_errors(tmp_path, damage):
+    path = save_checkpoint(tmp_path / "m.pt", LinearClassifier(), history=None)
+    payload = torch.load(path, weights_only=True)
+    if damage == "no model entry":
+        del payload["model"]
+    elif damage == "model is a list":
+        payload["model"] = [1, 2]
+    elif damage == "hparams is a string":
+        payload["model"]["hparams"] = "oops"
+    elif damage == "history is odd":
+        payload["history"] = {"unexpected": 1}
+    else:
+        payload["state_dict"]["fc.weight"][0, 0] = float("nan")
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="delete it and train again") as err:
+        load_checkpoint(path)
+    if damage == "nan weight":
+        assert "NaN, infinite" in str(err.value) and "fc.weight" in str(err.value)
 
 
 def test_wrong_architecture_is_a_clear_error(tmp_path):
@@ -233,3 +257,83 @@ def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
             raise RuntimeError("half way")
     assert target.read_bytes() == b"first"  # the old file, untouched
     assert [p.name for p in target.parent.iterdir()] == ["file.bin"]  # no temporary file left
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_behind_after_the_next_write(tmp_path):
+    """A real SIGKILL while a checkpoint is being written: the old file is intact, and the
+    temporary file the dead process left is removed by the next write of that file."""
+    import signal
+    import subprocess
+    import sys
+
+    from cnnlab.files import atomic_write
+
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"the good one")
+    code = ("import sys, time\nfrom cnnlab.files import atomic_write\n"
+            f"with atomic_write({str(target)!r}) as f:\n"
+            "    f.write(b'half of a new one'); f.flush()\n"
+            "    print('writing', flush=True); time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "writing"
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    left = [q.name for q in tmp_path.iterdir() if q.name != "model.pt"]
+    assert len(left) == 1 and left[0].endswith(".tmp") and target.read_bytes() == b"the good one"
+    mine = tmp_path / f".model.pt.{os.getpid()}.x.tmp"  # a live writer's temporary file is left alone
+    mine.write_bytes(b"in progress")
+    with atomic_write(target) as f:
+        f.write(b"the new one")
+    assert target.read_bytes() == b"the new one"
+    assert sorted(q.name for q in tmp_path.iterdir()) == sorted(["model.pt", mine.name])
+
+
+def test_non_finite_images_are_refused_when_a_set_is_built(mnist_small):
+    _, test = mnist_small
+    x = test.x[:10].clone()
+    x[3, 0, 5, 5] = float("nan")
+    x[7, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"2 of 10 images hold NaN or infinite pixels \(the first: \[3, 7\]\)"):
+        test.subset(range(10)).with_images(x)
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_where_and_what_to_try(mnist_small):
+    from cnnlab.train import NonFiniteLoss
+
+    train, test = mnist_small
+
+    class NanAfter(Callback):  # poisons one weight after batch 3: the loss of batch 4 is NaN
+        def after_batch(self, state):
+            if state.step == 3:
+                with torch.no_grad():
+                    state.model.fc.weight[0, 0] = float("nan")
+
+    seen = Recorder()
+    with pytest.raises(NonFiniteLoss, match=r"became NaN at epoch 1, batch 4 of 5; training stopped\. Try a lower") as err:
+        fit(LinearClassifier(), train.subset(range(500)), test, epochs=3, batch_size=100, device="cpu",
+            callbacks=[NanAfter(), seen], progress=False)
+    assert err.value.history.epochs == [] and seen.events[-1] == "after_fit"  # callbacks still cleaned up
+
+
+@pytest.mark.parametrize("case,message", [
+    ("empty", "the training set is empty"),
+    ("float64", r"weights are float64.*model\.float\(\)"),
+    ("outputs", r"outputs of shape \(5,\) per image, but mnist has 10 classes: build it with num_classes=10"),
+])
+def test_model_and_data_mistakes_are_one_sentence(mnist_small, case, message):
+    train, _ = mnist_small
+    model = LinearClassifier(num_classes=5 if case == "outputs" else 10)
+    if case == "float64":
+        model = model.double()
+    data = train.subset([]) if case == "empty" else train.subset(range(100))
+    with pytest.raises(ValueError, match=message):
+        fit(model, data, epochs=1, progress=False)
+
+
+def test_momentum_is_only_taken_where_it_is_used():
+    assert TrainConfig(optimizer="sgd", schedule="constant", momentum=0.5).momentum == 0.5
+    for settings in ({"optimizer": "sgd", "momentum": 0.5},  # one-cycle sets momentum itself
+                     {"optimizer": "adam", "schedule": "constant", "momentum": 0.5}):  # adam has betas
+        with pytest.raises(ValueError, match="momentum is for sgd with schedule='constant' or 'step'"):
+            TrainConfig(**settings)
+    assert TrainConfig().momentum is None  # recorded as what it is: not chosen

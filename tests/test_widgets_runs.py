@@ -163,3 +163,34 @@ def test_receptive_field_explorer_moves_the_box(mnist_small):
     assert w.controls["layer"].value == "conv6" and "<b>13×13</b>" in w.summary.value
     w.controls["layer"].value = "conv2"
     assert w.controls["row"].max == 27 and "<b>5×5</b>" in w.summary.value
+
+
+def test_a_saved_run_that_no_longer_scores_what_it_recorded_is_retrained(isolated_cache, mnist_small, capsys):
+    from cnnlab.checkpoint import load_checkpoint, save_checkpoint
+
+    train, test = mnist_small
+    model, history = runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False)
+    path = next((isolated_cache / "cache" / "runs").glob("lin-*.pt"))
+    ckpt = load_checkpoint(path)
+    with torch.no_grad():  # same file, same recorded accuracy, but other weights: it must be noticed
+        ckpt.model.fc.weight.zero_()
+        ckpt.model.fc.bias.zero_()
+    save_checkpoint(path, ckpt.model, history=ckpt.history, metrics=ckpt.metrics)
+    capsys.readouterr()
+    again, _ = runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False)
+    out = capsys.readouterr().out
+    assert f"recorded {history.last('test_acc'):.2%} but scores" in out and "training again" in out
+    assert float(again.fc.weight.detach().abs().sum()) > 0
+
+
+def test_receptive_field_explorer_with_a_dense_model_says_so(mnist_small):
+    from cnnlab.models import MLP, SmallCNN
+    from cnnlab.widgets import receptive_field_explorer
+
+    _, test = mnist_small
+    w = receptive_field_explorer({"mlp": MLP(), "cnn": SmallCNN()}, test, images=4)
+    assert "has no chain of convolution and pooling layers" in w.summary.value and w.controls["layer"].options == ()
+    w.controls["model"].value = "cnn"  # recovers: the CNN's layers appear and a picture is drawn
+    assert w.controls["layer"].value == "pool" and w.image.value[:4] == b"\x89PNG"
+    w.controls["model"].value = "mlp"
+    assert "has no chain" in w.summary.value

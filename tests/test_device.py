@@ -22,7 +22,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch.overrides import TorchFunctionMode
 
-from cnnlab import conv, drawing, hooks, metrics, receptive_field, saliency, transforms, viz
+from cnnlab import augment, conv, drawing, hooks, metrics, receptive_field, saliency, transforms, viz
 from cnnlab.device import DeviceError, available_devices, model_device, pick_device
 from cnnlab.models import ConvStack, SmallCNN, shape_table
 from cnnlab.train import evaluate, fit, predict, seed_everything
@@ -176,6 +176,8 @@ def _tensor_op_cases():
         "shift_images": lambda d: transforms.shift_images(d.x[:3], 2, -1, d.background),
         "transform_digit": lambda d: transforms.transform_digit(d.x[3], 1.5, 0, 20, 0.9, d.background),
         "denormalize": lambda d: d.denormalize(d.x[:2]),
+        "affine": lambda d: augment.affine(d.x[:3], torch.tensor([1.5, 0.0, -2.0], device=d.device), 0.0, 10.0, 1.1,
+                                           fill=d.background),
     }
 
 

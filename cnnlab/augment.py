@@ -1,0 +1,80 @@
+"""Data augmentation on the training device, each image with its own random transform.
+
+torchvision's v2 transforms, given a batch tensor, draw *one* set of parameters for the whole
+batch: every digit in it moves the same way. Here a batch (B, C, H, W) is resampled once through
+per-image affine grids (``F.affine_grid`` + ``F.grid_sample``), so each image gets its own
+shift, rotation and scale, on whatever device the batch is on, with no per-image Python loop.
+
+    xb = random_affine(xb, max_shift=2, max_rotate=10, scale=(0.9, 1.1), fill=train_set.background)
+
+The conventions are :func:`cnnlab.transforms.transform_digit`'s (and torchvision's): ``dx``
+right, ``dy`` down, in pixels; ``angle`` in degrees clockwise about the image centre; ``scale``
+> 1 enlarges. A test checks :func:`affine` against torchvision's ``affine``, image by image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["affine", "random_affine", "AffineParams"]
+
+AffineParams = dict[str, Tensor]  # "dx", "dy", "angle", "scale": one value per image, (B,)
+
+
+def affine(x: Tensor, dx: Tensor, dy: Tensor, angle: Tensor, scale: Tensor, fill: float = 0.0) -> Tensor:
+    """Images ``x`` (B, C, H, W) each moved by ``dx[i]``, ``dy[i]`` pixels, rotated ``angle[i]``
+    degrees clockwise about the centre and scaled by ``scale[i]``; uncovered pixels get ``fill``.
+    Bilinear; whole-pixel moves with no rotation or scaling are exact. On ``x``'s device."""
+    b, _, h, w = x.shape
+    params = [torch.as_tensor(p, dtype=x.dtype, device=x.device).expand(b) for p in (dx, dy, angle, scale)]
+    dx, dy, angle, scale = params
+    if not bool((scale > 0).all()):
+        raise ValueError(f"scale must be positive, got {scale.min().item():g}")
+    # affine_grid maps each output position to where it samples the input, in coordinates that
+    # run from -1 to 1 across the image: the inverse of the transform, centre at 0. On a square
+    # grid of pixels the normalised axes have different lengths when H != W, hence the h/w factors.
+    a = torch.deg2rad(angle)
+    cos, sin = torch.cos(a) / scale, torch.sin(a) / scale
+    # In pixels (y down, centre 0): p_in = R(-angle) (p_out - (dx, dy)) / scale, then into those units.
+    theta = torch.stack([
+        torch.stack([cos, sin * h / w, -(cos * dx + sin * dy) * 2 / w], 1),
+        torch.stack([-sin * w / h, cos, (sin * dx - cos * dy) * 2 / h], 1),
+    ], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out + fill  # zeros padding, shifted: uncovered pixels are `fill`
+
+
+def random_affine(
+    x: Tensor,
+    *,
+    max_shift: float = 2.0,
+    max_rotate: float = 10.0,
+    scale: tuple[float, float] = (0.9, 1.1),
+    fill: float = 0.0,
+    generator: torch.Generator | None = None,
+    return_params: bool = False,
+) -> Tensor | tuple[Tensor, AffineParams]:
+    """Each image of ``x`` (B, C, H, W) transformed by its own random parameters, drawn uniformly:
+    shifts in [-max_shift, max_shift] pixels per axis, rotations in [-max_rotate, max_rotate]
+    degrees, scale in ``scale``. ``generator`` (on ``x``'s device) makes it repeatable;
+    ``return_params`` also returns the parameters drawn (for a gallery, or a test)."""
+    for name, v in (("max_shift", max_shift), ("max_rotate", max_rotate)):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    lo, hi = scale
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        raise ValueError(f"scale must be a range (low, high) with 0 < low <= high, got {scale!r}")
+    b = x.shape[0]
+
+    def uniform(low: float, high: float) -> Tensor:
+        return low + (high - low) * torch.rand(b, device=x.device, generator=generator)
+
+    params = {"dx": uniform(-max_shift, max_shift), "dy": uniform(-max_shift, max_shift),
+              "angle": uniform(-max_rotate, max_rotate), "scale": uniform(lo, hi)}
+    out = affine(x, **params, fill=fill)
+    return (out, params) if return_params else out

@@ -1,8 +1,13 @@
-"""Numbers about predictions: confusion matrices, per-class accuracy, mistakes, robustness to shifts."""
+"""Numbers about predictions: confusion matrices, per-class accuracy, mistakes, robustness to
+shifts, and how to read an accuracy: errors per million, intervals, McNemar's test on paired
+predictions, and the test-set size a comparison needs."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from statistics import NormalDist
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +22,11 @@ __all__ = [
     "most_confident_mistakes",
     "accuracy_under_shift",
     "error_ratio",
+    "errors_per_million",
+    "accuracy_interval",
+    "McNemar",
+    "mcnemar",
+    "required_test_size",
 ]
 
 
@@ -64,3 +74,95 @@ def accuracy_under_shift(
             evaluate(model, data.with_images(shift_images(data.x, ux * s, uy * s, data.background))).accuracy for s in shifts
         ]
     return curves
+
+
+# ----- reading an accuracy ---------------------------------------------------------------------------
+
+def errors_per_million(accuracy: float) -> float:
+    """Mistakes per million images at ``accuracy``: 99.2% is 8,000, not 2,000."""
+    return (1 - accuracy) * 1_000_000
+
+
+def _binom_tail_ge(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space (exact enough for n in the millions)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0:
+        return 0.0
+    if p >= 1:
+        return 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k, n + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+def _solve(f, target: float) -> float:
+    """The p in [0, 1] where the increasing function ``f(p)`` reaches ``target`` (bisection)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def accuracy_interval(correct: int, n: int, level: float = 0.95, method: str = "wilson") -> tuple[float, float]:
+    """A ``level`` confidence interval for an accuracy of ``correct`` out of ``n`` test images:
+    ``"wilson"`` (the score interval) or ``"exact"`` (Clopper-Pearson, never too narrow)."""
+    if not (isinstance(n, int) and n > 0 and isinstance(correct, int) and 0 <= correct <= n):
+        raise ValueError(f"need whole numbers 0 <= correct <= n and n > 0, got correct={correct!r}, n={n!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level is a probability such as 0.95, got {level}")
+    alpha = 1 - level
+    if method == "wilson":
+        z = NormalDist().inv_cdf(1 - alpha / 2)
+        p = correct / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(0.0, centre - half), min(1.0, centre + half)
+    if method == "exact":
+        lo = 0.0 if correct == 0 else _solve(lambda q: _binom_tail_ge(correct, n, q), alpha / 2)
+        hi = 1.0 if correct == n else _solve(lambda q: _binom_tail_ge(correct + 1, n, q), 1 - alpha / 2)  # P(X <= k) = alpha/2
+        return lo, hi
+    raise ValueError(f"method is 'wilson' or 'exact', got {method!r}")
+
+
+class McNemar(NamedTuple):
+    """McNemar's exact test on paired predictions. ``only_a``: images model A gets right and B
+    wrong; ``only_b``: the reverse; ``table``: [[both right, only A], [only B, both wrong]]."""
+
+    only_a: int
+    only_b: int
+    table: tuple[tuple[int, int], tuple[int, int]]
+    p_value: float
+
+
+def mcnemar(correct_a: Tensor, correct_b: Tensor) -> McNemar:
+    """Is the difference between two models on the same test images more than chance? Only the
+    images exactly one of them gets right count: under "no difference" each is as likely to
+    favour A as B, so ``only_a`` ~ Binomial(only_a + only_b, 1/2). Two-sided exact p-value."""
+    a, b = torch.as_tensor(correct_a).bool().cpu(), torch.as_tensor(correct_b).bool().cpu()
+    if a.shape != b.shape or a.dim() != 1:
+        raise ValueError(f"need two 1-D vectors of per-image correctness of the same length, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    both, only_a = int((a & b).sum()), int((a & ~b).sum())
+    only_b, neither = int((~a & b).sum()), int((~a & ~b).sum())
+    n = only_a + only_b
+    p = 1.0 if n == 0 else min(1.0, 2 * (1 - _binom_tail_ge(min(only_a, only_b) + 1, n, 0.5)))
+    return McNemar(only_a, only_b, ((both, only_a), (only_b, neither)), p)
+
+
+def required_test_size(accuracy_a: float, accuracy_b: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Test images needed to tell ``accuracy_a`` from ``accuracy_b`` with a two-sided test at
+    ``alpha`` that finds a real difference with probability ``power`` (two independent test sets
+    of this size, the normal approximation): the question to ask before believing "99.2% vs 99.0%"."""
+    if accuracy_a == accuracy_b:
+        raise ValueError("the two accuracies are equal: no test set is large enough to tell them apart")
+    for name, v in (("accuracy_a", accuracy_a), ("accuracy_b", accuracy_b), ("alpha", alpha), ("power", power)):
+        if not 0 < v < 1:
+            raise ValueError(f"{name} must be between 0 and 1, got {v}")
+    za, zb = NormalDist().inv_cdf(1 - alpha / 2), NormalDist().inv_cdf(power)
+    p1, p2 = 1 - accuracy_a, 1 - accuracy_b
+    pbar = (p1 + p2) / 2
+    n = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / (p1 - p2) ** 2
+    return math.ceil(n)

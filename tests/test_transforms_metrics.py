@@ -79,3 +79,90 @@ def test_accuracy_under_shift_on_real_digits(mnist_small):
     blank = torch.full((1, 1, 28, 28), test.background, device=model.fc.weight.device)  # where fit left the model
     blank_class = model(blank).argmax().item()
     assert curves["left"][2] == pytest.approx((test.y == blank_class).float().mean().item())  # all blank
+
+
+# ----- reading an accuracy: each against an independent computation ------------------------------------
+
+def test_errors_per_million_corrects_the_source_texts_arithmetic():
+    from cnnlab.metrics import errors_per_million
+
+    assert errors_per_million(0.99) == pytest.approx(10_000) and errors_per_million(0.992) == pytest.approx(8_000)
+    assert errors_per_million(0.99) / errors_per_million(0.992) == pytest.approx(1.25)  # not the source's 5x
+
+
+@pytest.mark.parametrize("correct,n", [(9929, 10_000), (92, 100), (0, 50), (50, 50)])
+def test_wilson_interval_is_the_set_of_accuracies_the_score_test_keeps(correct, n):
+    """Oracle: invert the score test on a fine grid, the interval's definition, not its formula."""
+    from statistics import NormalDist
+
+    from cnnlab.metrics import accuracy_interval
+
+    lo, hi = accuracy_interval(correct, n, 0.95, "wilson")
+    z, phat = NormalDist().inv_cdf(0.975), correct / n
+    grid = torch.linspace(1e-7, 1 - 1e-7, 2_000_001, dtype=torch.float64)
+    kept = grid[(phat - grid).abs() <= z * torch.sqrt(grid * (1 - grid) / n)]
+    assert lo == pytest.approx(float(kept.min()), abs=1e-6) and hi == pytest.approx(float(kept.max()), abs=1e-6)
+
+
+@pytest.mark.parametrize("correct,n", [(7, 20), (19, 20), (3, 30)])
+def test_exact_interval_meets_its_tail_probabilities_exactly(correct, n):
+    """Oracle: the binomial tails at the bounds, summed in exact fractions."""
+    from fractions import Fraction
+    from math import comb
+
+    from cnnlab.metrics import accuracy_interval
+
+    lo, hi = accuracy_interval(correct, n, 0.95, "exact")
+
+    def tail_ge(k, p):
+        p = Fraction(p)
+        return float(sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+
+    assert tail_ge(correct, lo) == pytest.approx(0.025, abs=1e-9)
+    assert 1 - tail_ge(correct + 1, hi) == pytest.approx(0.025, abs=1e-9)
+
+
+def test_exact_interval_at_the_ends_has_its_closed_form():
+    from cnnlab.metrics import accuracy_interval
+
+    assert accuracy_interval(0, 40, method="exact") == (0.0, pytest.approx(1 - 0.025 ** (1 / 40)))
+    assert accuracy_interval(40, 40, method="exact") == (pytest.approx(0.025 ** (1 / 40)), 1.0)
+    with pytest.raises(ValueError, match="0 <= correct <= n"):
+        accuracy_interval(11, 10)
+
+
+def test_mcnemar_counts_only_the_disagreements_and_matches_brute_force():
+    import random
+    from math import comb
+
+    from cnnlab.metrics import mcnemar
+
+    # the textbook case: 1 image only A gets right, 9 only B: p = 2 * (C(10,0) + C(10,1)) / 2^10
+    a = torch.tensor([1] * 50 + [1] + [0] * 9 + [0] * 5, dtype=torch.bool)
+    b = torch.tensor([1] * 50 + [0] + [1] * 9 + [0] * 5, dtype=torch.bool)
+    r = mcnemar(a, b)
+    assert (r.only_a, r.only_b, r.table) == (1, 9, ((50, 1), (9, 5))) and r.p_value == pytest.approx(22 / 1024)
+    rng = random.Random(0)
+    for _ in range(20):  # two-sided by enumeration: every outcome no more likely than the one seen
+        x, y = rng.randint(0, 30), rng.randint(0, 30)
+        n = x + y
+        pmf = [comb(n, i) / 2**n for i in range(n + 1)]
+        brute = min(1.0, sum(q for q in pmf if q <= pmf[x] * (1 + 1e-12))) if n else 1.0
+        a = torch.tensor([1] * x + [0] * y, dtype=torch.bool)
+        assert mcnemar(a, ~a).p_value == pytest.approx(brute, rel=1e-9)
+
+
+def test_required_test_size_gives_the_power_it_promises_in_simulation():
+    from cnnlab.metrics import required_test_size
+
+    n = required_test_size(0.992, 0.990)  # 99.2% vs 99.0%: how many test images?
+    assert n > 10_000  # MNIST's test set is too small to tell them apart reliably
+    gen = torch.Generator().manual_seed(0)
+    sims = 4000
+    e1 = torch.binomial(torch.full((sims,), float(n)), torch.full((sims,), 0.008), generator=gen)
+    e2 = torch.binomial(torch.full((sims,), float(n)), torch.full((sims,), 0.010), generator=gen)
+    p1, p2 = e1 / n, e2 / n
+    pooled = (e1 + e2) / (2 * n)
+    z = (p2 - p1) / torch.sqrt(pooled * (1 - pooled) * 2 / n)
+    power = float((z.abs() > 1.959964).float().mean())
+    assert power == pytest.approx(0.8, abs=0.03)

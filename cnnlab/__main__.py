@@ -80,8 +80,8 @@ def _train(args) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: limit must be a positive number of examples, "
                              f"got {getattr(args, name)}")
-    if args.save:  # an impossible place is refused now, not after training
-        check_writable(args.save, "checkpoint")
+    if args.save:  # an impossible place is refused now, not after training; ~ is expanded as checked
+        args.save = str(check_writable(args.save, "checkpoint"))
         check_writable(interrupted_path(args.save), "checkpoint")
     train_set = data.load(args.dataset, "train", limit=args.limit_train, seed=args.seed)
     test_set = data.load(args.dataset, "test", limit=args.limit_test, seed=args.seed)

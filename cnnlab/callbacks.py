@@ -130,6 +130,16 @@ def _frontend() -> str:
 
     if "google.colab" in sys.modules:
         return "colab"
+    try:
+        from IPython import get_ipython
+
+        user_ns = getattr(get_ipython(), "user_ns", {}) or {}
+    except ImportError:
+        user_ns = {}
+    if "__vsc_ipynb_file__" in user_ns:  # VS Code's Jupyter extension sets this in every notebook
+        return "vscode"
+    if "JPY_SESSION_NAME" in os.environ:  # a kernel started by a Jupyter server (even from a VS Code terminal)
+        return "jupyter"
     if any(k.startswith("VSCODE_") for k in os.environ):
         return "vscode"
     return "jupyter"

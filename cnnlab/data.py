@@ -14,7 +14,7 @@ import os
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import InitVar, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -203,19 +203,19 @@ def locate(
         download = not _offline()
     try:
         missing, corrupt = _fill_cache(spec, target_dir, dirs)
+        if missing and download:
+            with tempfile.TemporaryDirectory(prefix="cnnlab-download-") as tmp:
+                download_error = _download(spec, Path(tmp))
+                if download_error is None:
+                    missing, corrupt = _fill_cache(spec, target_dir, [Path(tmp) / spec.folder / "raw"])
+        else:
+            download_error = None if download else "downloads are off (download=False or CNNLAB_OFFLINE=1)"
     except PermissionError as err:
         raise DataError(
             f"{spec.name}: permission denied for {err.filename or target_dir}. cnnlab reads the raw files where "
             f"it finds them and writes the extracted ones into {target_dir}; point CNNLAB_CACHE at a folder you "
             "can write (for example: export CNNLAB_CACHE=~/.cache/cnnlab), or fix the folder's permissions."
         ) from None
-    if missing and download:
-        with tempfile.TemporaryDirectory(prefix="cnnlab-download-") as tmp:
-            download_error = _download(spec, Path(tmp))
-            if download_error is None:
-                missing, corrupt = _fill_cache(spec, target_dir, [Path(tmp) / spec.folder / "raw"])
-    else:
-        download_error = None if download else "downloads are off (download=False or CNNLAB_OFFLINE=1)"
     if corrupt and missing:
         raise CorruptDatasetError(
             "\n".join(corrupt) + "\nNo good copy was found elsewhere: "
@@ -316,10 +316,13 @@ class ImageSet(torch.utils.data.Dataset):
     mean: float = 0.0
     std: float = 1.0
 
-    def __post_init__(self) -> None:
-        # Refused once, here: a NaN pixel would otherwise train to chance with no word.
-        if self.x.is_floating_point() and self.x.device.type != "meta" and not bool(torch.isfinite(self.x).all()):
-            bad = (~torch.isfinite(self.x)).flatten(1).any(1).nonzero().flatten()
+    check: InitVar[bool] = True  # False only where the images come from a checked set (to, subset)
+
+    def __post_init__(self, check: bool) -> None:
+        # Refused here, once per set of new pixels: a NaN would otherwise train to chance with no word.
+        x = self.x
+        if check and x.is_floating_point() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero().flatten()
             raise ValueError(
                 f"{len(bad):,} of {len(self.x):,} images hold NaN or infinite pixels (the first: "
                 f"{bad[:5].tolist()}); fix or drop them before training (torch.nan_to_num, or keep "
@@ -338,12 +341,14 @@ class ImageSet(torch.utils.data.Dataset):
 
     def to(self, device: str | torch.device) -> ImageSet:
         """The same data on ``device`` (no copy if it is already there)."""
-        return replace(self, x=self.x.to(device), y=self.y.to(device))
+        return replace(self, x=self.x.to(device), y=self.y.to(device), check=False)
 
     def subset(self, index: Tensor | Sequence[int]) -> ImageSet:
         """The examples at ``index``, in that order."""
-        index = torch.as_tensor(index, dtype=torch.long, device=self.x.device)  # [] is a float tensor otherwise
-        return replace(self, x=self.x[index], y=self.y[index])
+        index = torch.as_tensor(index, device=self.x.device)
+        if index.numel() == 0 or index.is_floating_point():  # [] becomes a float tensor
+            index = index.long()
+        return replace(self, x=self.x[index], y=self.y[index], check=False)
 
     def batches(
         self,
@@ -369,7 +374,7 @@ class ImageSet(torch.utils.data.Dataset):
         """The same labels with other images (e.g. shifted copies)."""
         if x.shape[0] != len(self):
             raise ValueError(f"need {len(self)} images, got {x.shape[0]}")
-        return replace(self, x=x)
+        return replace(self, x=x, check=True)
 
     @property
     def background(self) -> float:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 __all__ = ["atomic_write", "check_writable"]
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_STALE_AFTER = 600  # seconds: a writer on another machine of a shared folder is not judged by its pid
 
 
 def _alive(pid: int) -> bool:
@@ -23,11 +30,18 @@ def _alive(pid: int) -> bool:
 
 
 def _remove_stale(path: Path) -> None:
-    """Temporary files that a killed writer of ``path`` left behind (their process is gone)."""
+    """Temporary files that a killed writer of ``path`` left behind: on this machine, its process
+    is gone; from another machine sharing the folder, it is older than ten minutes."""
+    now = time.time()
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         parts = tmp.name[len(path.name) + 2 :].split(".")
-        if len(parts) >= 2 and parts[0].isdigit() and not _alive(int(parts[0])):
-            tmp.unlink(missing_ok=True)
+        try:
+            if len(parts) < 3 or not parts[1].isdigit():
+                continue
+            if (parts[0] == _HOST and not _alive(int(parts[1]))) or now - tmp.stat().st_mtime > _STALE_AFTER:
+                tmp.unlink()
+        except OSError:  # gone already, or someone else's: never a reason to fail this write
+            continue
 
 
 def check_writable(path: str | os.PathLike, what: str = "file") -> Path:
@@ -53,11 +67,11 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     that replaces it in one step (``os.replace``) once the block ends, so a reader never sees half
     a file and an interrupted write leaves the old file as it was. On any error the temporary
     file is removed and the error goes on; one left by a killed process (its name carries the
-    process id) is removed by the next write of the same file."""
+    machine and process) is removed by the next write of the same file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -105,6 +105,9 @@ def load_or_train(
             print(f"{name}: the saved run could not be used ({err}); training again")
     else:
         print(f"{name}: no saved run with these settings; training it now")
+    if path.exists():  # loading filled this model with the saved weights: start again from the seed
+        seed_everything(config["seed"])
+        model = make_model()
     history = fit(model, train_set, test_set, **settings)
     if history.stopped is None:
         save_run(name, model, history, train_set)

@@ -237,6 +237,20 @@ def _graceful_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
+def _check_losses(losses: Tensor, epoch: int, cfg: TrainConfig, steps_per_epoch: int, history: History) -> None:
+    """Raise :class:`NonFiniteLoss` if a batch loss of this epoch (zeros for batches not run) is NaN or infinite."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        first = int(bad[0])
+        what = "NaN" if math.isnan(float(losses[first])) else "infinite"
+        raise NonFiniteLoss(
+            f"the training loss became {what} at epoch {epoch + 1}, batch {first + 1} of {steps_per_epoch}; training "
+            f"stopped. Try a lower learning rate (lr={cfg.lr:g} now), or check the model for NaN weights and the "
+            "data for bad values.",
+            history,
+        )
+
+
 def _check_model_and_data(model: nn.Module, train: ImageSet) -> None:
     """One clear sentence, before training, for the mistakes that otherwise end in a traceback
     from deep inside PyTorch (or in silently wrong numbers)."""
@@ -250,7 +264,7 @@ def _check_model_and_data(model: nn.Module, train: ImageSet) -> None:
     with torch.no_grad(), eval_mode(model):
         out = model(train.x[:1])
     classes = len(train.classes) if train.classes else int(train.y.max()) + 1
-    if out.dim() != 2 or out.shape[1] != classes:
+    if out.dim() != 2 or out.shape[1] < classes:
         raise ValueError(f"the model gives outputs of shape {tuple(out.shape[1:])} per image, but "
                          f"{train.name or 'the data'} has {classes} classes: build it with num_classes={classes}")
 
@@ -301,6 +315,7 @@ def fit(
         for cb in cbs:
             getattr(cb, event)(state)
 
+    losses = torch.zeros(steps_per_epoch, device=device)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=not cfg.progress, unit="batch", dynamic_ncols=True)
     # On a GPU other than the current one (cuda:1), kernels, streams and timings follow the model.
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
@@ -313,8 +328,8 @@ def fit(
                 model.train()
                 loss_sum = torch.zeros((), device=device)
                 correct = torch.zeros((), device=device, dtype=torch.long)
-                batch_no = torch.zeros((), device=device, dtype=torch.long)  # counted on the device: no sync per step
-                first_bad = torch.full((), -1, device=device, dtype=torch.long)
+                losses.fill_(0.0)  # this epoch's batch losses, kept on the device: checked once, at its end
+                batch_in_epoch = 0
                 t0 = time.perf_counter()
                 bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
                 for xb, yb in train.batches(cfg.batch_size, shuffle=True, generator=generator):
@@ -331,22 +346,15 @@ def fit(
                         schedule.step()
                     loss_sum += loss.detach() * len(yb)
                     correct += (logits.argmax(1) == yb).sum()
-                    batch_no += 1
-                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), batch_no, first_bad)
+                    losses[batch_in_epoch] = loss.detach()  # one small copy, no host synchronisation
+                    batch_in_epoch += 1
                     state.step += 1
                     state.xb, state.yb, state.loss, state.logits = xb, yb, loss, logits.detach()
                     run("after_batch")
                     bar.update()
                     if interrupted.is_set():
                         raise KeyboardInterrupt
-                if int(first_bad) >= 0:  # one check per epoch
-                    raise NonFiniteLoss(
-                        f"the training loss became {'NaN' if math.isnan(float(loss_sum)) else 'infinite'} at epoch "
-                        f"{epoch + 1}, batch "
-                        f"{int(first_bad)} of {steps_per_epoch}; training stopped. Try a lower learning rate "
-                        f"(lr={cfg.lr:g} now), or check the model for NaN weights and the data for bad values.",
-                        history,
-                    )
+                _check_losses(losses, epoch, cfg, steps_per_epoch, history)
                 if schedule_every == "epoch":
                     schedule.step()
                 if device.type == "cuda":
@@ -373,8 +381,10 @@ def fit(
                 run("after_epoch")
     except StopTraining:
         history.stopped = "callback"
+        _check_losses(losses, state.epoch, cfg, steps_per_epoch, history)  # a stop must not hide a NaN
     except KeyboardInterrupt:
         history.stopped = "interrupt"
+        _check_losses(losses, state.epoch, cfg, steps_per_epoch, history)
     finally:  # after_fit runs even when training fails, so callbacks can always clean up
         bar.close()
         model.eval()

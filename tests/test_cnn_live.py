@@ -56,15 +56,15 @@ def test_dashboard_draws_frames_records_curves_and_times_itself(mnist_small):
 
 def test_dashboard_keeps_to_its_time_budget(mnist_small):
     train, _ = mnist_small
-    dash = LiveDashboard(None, every_s=0.0, budget=0.02, show=False)
-    fit(SmallCNN(), train.subset(range(1280)), epochs=1, callbacks=[dash], progress=False)
+    dash = LiveDashboard(None, every_s=0.0, budget=0.5, show=False)
+    fit(SmallCNN(), train.subset(range(2000)), epochs=2, callbacks=[dash], progress=False, device="cpu")
     # No minimum interval: the budget alone spaces the frames. Each frame before the last waits at
     # least its own cost / budget after the one before (timed by the dashboard itself, so a busy
-    # machine changes how many frames there are, not whether the rule holds), and a frame costs far
-    # more than 2% of a batch: nowhere near one frame a batch.
-    assert len(dash.frame_log) == dash.frames and 2 <= dash.frames < 20
+    # machine changes how many frames there are, not whether the rule holds); some are drawn
+    # during training (there are 64 batches, so at most 66 frames).
+    assert len(dash.frame_log) == dash.frames and 3 <= dash.frames <= 66
     for (start, cost), (next_start, _) in zip(dash.frame_log[:-2], dash.frame_log[1:-1]):
-        assert next_start - start >= cost / 0.02 * 0.999
+        assert next_start - start >= cost / 0.5 * 0.999
 
 
 def test_stop_button_ends_training_and_keeps_model_and_history(mnist_small):
@@ -122,10 +122,13 @@ def test_stop_button_outside_jupyterlab_points_to_the_interrupt_button(monkeypat
 
     from cnnlab.callbacks import _frontend, _stop_button_html
 
-    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("VSCODE_")})
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
+                                         if not k.startswith("VSCODE_") and k != "JPY_SESSION_NAME"})
     assert _frontend() == "jupyter"
     monkeypatch.setitem(os.environ, "VSCODE_PID", "1234")
     assert _frontend() == "vscode"
+    monkeypatch.setitem(os.environ, "JPY_SESSION_NAME", "/work/05.ipynb")  # JupyterLab started from VS Code's terminal
+    assert _frontend() == "jupyter"
     assert "Interrupt button above the notebook" in _stop_button_html(None, "vscode")
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     assert _frontend() == "colab" and "Runtime → Interrupt execution" in _stop_button_html(None, "colab")

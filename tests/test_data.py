@@ -194,3 +194,28 @@ def test_same_length_corruption_is_called_corrupt_and_a_cut_off_file_truncated(i
     bad.write_bytes(bytes(blob[: len(blob) // 3]))
     with pytest.raises(data.CorruptDatasetError, match="it is truncated"):
         data.load("mnist", "test", download=False)
+
+
+def test_a_cache_that_cannot_be_written_after_a_download_is_a_message_too(isolated_cache, monkeypatch):
+    import tempfile as tf
+
+    real_mkstemp = tf.mkstemp
+
+    def refused(*args, **kwargs):
+        if str(kwargs.get("dir", "")).startswith(str(isolated_cache / "cache")):
+            raise PermissionError(13, "Permission denied", kwargs.get("dir"))
+        return real_mkstemp(*args, **kwargs)
+
+    def fake_download(spec, into):  # the download itself works; writing the cache does not
+        raw = into / spec.folder / "raw"
+        raw.mkdir(parents=True)
+        for f in (SHARED / "MNIST" / "raw").glob("*.gz"):
+            (raw / f.name).write_bytes(f.read_bytes())
+        return None
+
+    if SHARED is None or not any((SHARED / "MNIST" / "raw").glob("*.gz")):
+        pytest.skip("CNNLAB_DATA with the raw .gz archives is not set")
+    monkeypatch.setattr(tf, "mkstemp", refused)
+    monkeypatch.setattr(data, "_download", fake_download)
+    with pytest.raises(data.DataError, match="permission denied"):
+        data.locate("mnist", download=True)

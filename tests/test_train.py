@@ -280,7 +280,9 @@ def test_a_writer_killed_mid_write_leaves_nothing_behind_after_the_next_write(tm
     p.wait(timeout=30)
     left = [q.name for q in tmp_path.iterdir() if q.name != "model.pt"]
     assert len(left) == 1 and left[0].endswith(".tmp") and target.read_bytes() == b"the good one"
-    mine = tmp_path / f".model.pt.{os.getpid()}.x.tmp"  # a live writer's temporary file is left alone
+    from cnnlab.files import _HOST
+
+    mine = tmp_path / f".model.pt.{_HOST}.{os.getpid()}.x.tmp"  # a live writer's temporary file is left alone
     mine.write_bytes(b"in progress")
     with atomic_write(target) as f:
         f.write(b"the new one")
@@ -337,3 +339,28 @@ def test_momentum_is_only_taken_where_it_is_used():
         with pytest.raises(ValueError, match="momentum is for sgd with schedule='constant' or 'step'"):
             TrainConfig(**settings)
     assert TrainConfig().momentum is None  # recorded as what it is: not chosen
+
+
+def test_a_stop_after_the_loss_went_nan_is_not_silent(mnist_small):
+    from cnnlab.train import NonFiniteLoss
+
+    train, _ = mnist_small
+
+    class PoisonThenStop(Callback):
+        def after_batch(self, state):
+            if state.step == 2:
+                with torch.no_grad():
+                    state.model.fc.weight[0, 0] = float("nan")
+            if state.step == 4:
+                raise StopTraining
+
+    with pytest.raises(NonFiniteLoss, match="became NaN at epoch 1, batch 3"):
+        fit(LinearClassifier(), train.subset(range(1000)), epochs=1, batch_size=100, device="cpu",
+            callbacks=[PoisonThenStop()], progress=False)
+
+
+def test_subset_takes_index_lists_masks_and_nothing(mnist_small):
+    train, _ = mnist_small
+    ones = train.subset(train.y == 1)  # a boolean mask, not the indices 0 and 1
+    assert len(ones) == int((train.y == 1).sum()) and bool((ones.y == 1).all())
+    assert len(train.subset([])) == 0 and torch.equal(train.subset([5, 2]).y, train.y[[5, 2]])

@@ -194,3 +194,18 @@ def test_receptive_field_explorer_with_a_dense_model_says_so(mnist_small):
     assert w.controls["layer"].value == "pool" and w.image.value[:4] == b"\x89PNG"
     w.controls["model"].value = "mlp"
     assert "has no chain" in w.summary.value
+
+
+def test_a_retrained_run_starts_from_the_seed_not_from_the_refused_weights(isolated_cache, mnist_small, capsys):
+    from cnnlab.checkpoint import load_checkpoint, save_checkpoint
+
+    train, test = mnist_small
+    fresh, _ = runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False, device="cpu")
+    path = next((isolated_cache / "cache" / "runs").glob("lin-*.pt"))
+    ckpt = load_checkpoint(path)
+    with torch.no_grad():
+        ckpt.model.fc.weight.mul_(-1)  # scores far from what it recorded
+    save_checkpoint(path, ckpt.model, history=ckpt.history, metrics=ckpt.metrics)
+    again, _ = runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False, device="cpu")
+    assert "training again" in capsys.readouterr().out
+    assert torch.equal(again.fc.weight, fresh.fc.weight)  # the same run as the first: from the seed, on the CPU

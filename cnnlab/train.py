@@ -58,6 +58,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "onecycle"  # onecycle | constant | step (x0.7 each epoch, as pytorch/examples)
     label_smoothing: float = 0.0
+    # Each training batch moved, rotated and scaled image by image (cnnlab.augment.random_affine),
+    # e.g. {"shift": 2, "rotate": 10, "scale": (0.9, 1.1)}; None: the images as they are.
+    augment: dict[str, Any] | None = None
     device: str | None = None  # None: cuda, then mps, then cpu
     amp: str = "auto"  # auto | bf16 | off; auto: bf16 on CUDA and on CPUs with bf16 units
     seed: int = 0
@@ -75,6 +78,8 @@ class TrainConfig:
             "amp": self.amp in ("auto", "bf16", "off"),
             "eval_batch_size": self.eval_batch_size >= 1,
             "label_smoothing": 0 <= self.label_smoothing < 1,
+            "augment": self.augment is None or (isinstance(self.augment, dict)
+                                                and set(self.augment) <= {"shift", "rotate", "scale"}),
             "cuda_graph": not self.cuda_graph or self.optimizer in ("adam", "adamw"),
             "momentum": self.momentum is None or (0 <= self.momentum < 1 and self.optimizer == "sgd"
                                                   and self.schedule != "onecycle"),
@@ -87,7 +92,7 @@ class TrainConfig:
                 + f" (optimizer: {' | '.join(_OPTIMIZERS)}; schedule: onecycle | constant | step;"
                 " amp: auto | bf16 | off; epochs >= 0, batch sizes >= 1, lr > 0; cuda_graph needs adam or adamw;"
                 " momentum is for sgd with schedule='constant' or 'step', between 0 and 1: the one-cycle schedule"
-                " sets momentum itself, and adam's is its betas)"
+                " sets momentum itself, and adam's is its betas; augment takes shift, rotate and scale)"
             )
 
 
@@ -237,6 +242,13 @@ def _graceful_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
+def _augment(xb: Tensor, settings: dict[str, Any], fill: float, generator: torch.Generator) -> Tensor:
+    from cnnlab.augment import random_affine
+
+    return random_affine(xb, max_shift=settings.get("shift", 0.0), max_rotate=settings.get("rotate", 0.0),
+                         scale=tuple(settings.get("scale", (1.0, 1.0))), fill=fill, generator=generator)
+
+
 def _check_losses(losses: Tensor, epoch: int, cfg: TrainConfig, steps_per_epoch: int, history: History) -> None:
     """Raise :class:`NonFiniteLoss` if a batch loss of this epoch (zeros for batches not run) is NaN or infinite."""
     bad = (~torch.isfinite(losses)).nonzero()
@@ -307,6 +319,7 @@ def fit(
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     schedule, schedule_every = _make_schedule(opt, cfg, steps_per_epoch, cycle_momentum=not graphed)
     generator = torch.Generator().manual_seed(cfg.seed)
+    augment_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1) if cfg.augment else None
     history = History(config=asdict(cfg), device=str(device), model=getattr(model, "name", type(model).__name__))
     state = LoopState(model, opt, cfg, history, device, steps_per_epoch, started=time.perf_counter(), amp=amp)
     cbs = sorted(callbacks, key=lambda cb: getattr(cb, "order", 0))
@@ -333,6 +346,8 @@ def fit(
                 t0 = time.perf_counter()
                 bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
                 for xb, yb in train.batches(cfg.batch_size, shuffle=True, generator=generator):
+                    if cfg.augment:  # each image its own random move, drawn on the training device
+                        xb = _augment(xb, cfg.augment, train.background, augment_generator)
                     if graphed_step is not None and len(yb) == cfg.batch_size:
                         loss, logits = graphed_step(xb, yb)  # the same step as below, replayed as one CUDA graph
                     else:

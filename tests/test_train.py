@@ -364,3 +364,31 @@ def test_subset_takes_index_lists_masks_and_nothing(mnist_small):
     ones = train.subset(train.y == 1)  # a boolean mask, not the indices 0 and 1
     assert len(ones) == int((train.y == 1).sum()) and bool((ones.y == 1).all())
     assert len(train.subset([])) == 0 and torch.equal(train.subset([5, 2]).y, train.y[[5, 2]])
+
+
+def test_augmentation_moves_each_training_image_and_repeats_with_the_seed(mnist_small):
+    train, test = mnist_small
+    data = train.subset(range(256))
+
+    class FirstBatch(Callback):
+        def after_batch(self, state):
+            if state.step == 1:
+                self.xb, self.yb = state.xb.clone(), state.yb.clone()
+
+    runs = []
+    for _ in range(2):
+        seen = FirstBatch()
+        seed_everything(0)
+        model = LinearClassifier()
+        h = fit(model, data, test, epochs=1, batch_size=64, device="cpu", progress=False,
+                augment={"shift": 2, "rotate": 10, "scale": (0.9, 1.1)}, callbacks=[seen])
+        runs.append((seen.xb, h.epochs[0]["train_loss"]))
+    plain = FirstBatch()
+    fit(LinearClassifier(), data, epochs=1, batch_size=64, device="cpu", progress=False, callbacks=[plain])
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]  # the same seed, the same draws
+    assert torch.equal(runs[0][0].flatten(1).sum(1) != 0, torch.ones(64, dtype=torch.bool))
+    differs = (runs[0][0] - plain.xb).flatten(1).abs().amax(1) > 1e-3  # the same images, each moved
+    assert int(differs.sum()) >= 60
+    assert h.last("test_acc") == evaluate(model, test).accuracy  # scored on the test images as they are
+    with pytest.raises(ValueError, match="augment takes shift, rotate and scale"):
+        TrainConfig(augment={"flip": True})

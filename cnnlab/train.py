@@ -42,6 +42,7 @@ __all__ = [
     "fit",
     "evaluate",
     "predict",
+    "predict_ensemble",
     "seed_everything",
 ]
 
@@ -426,6 +427,15 @@ def evaluate(model: nn.Module, data: ImageSet, *, batch_size: int = 1000) -> Sco
             loss_sum += F.cross_entropy(logits, yb, reduction="sum")
             correct += (logits.argmax(1) == yb).sum()
     return Score(loss_sum.item() / len(data), correct.item() / len(data))
+
+
+def predict_ensemble(models: Sequence[nn.Module], data: ImageSet | Tensor, *, batch_size: int = 1000) -> Tensor:
+    """A committee's class probabilities (N, classes) on the CPU: the mean of its members'
+    (each on its own device), as the committees of the MNIST record tables vote."""
+    models = list(models)
+    if not models:
+        raise ValueError("an ensemble needs at least one model")
+    return torch.stack([predict(m, data, batch_size=batch_size) for m in models]).mean(0)
 
 
 @torch.no_grad()

@@ -55,3 +55,12 @@ def test_shape_table_leaves_training_mode_alone():
     model = SmallCNN().train()
     shape_table(model)
     assert model.training
+
+
+def test_small_cnn_with_batchnorm_is_the_same_network_normalised():
+    plain, bn = SmallCNN(), SmallCNN(batchnorm=True)
+    assert count_parameters(bn) - count_parameters(plain) == 2 * (32 + 64)  # a scale and a shift per channel
+    assert [n for n, _ in bn.named_children()][:6] == ["conv1", "bn1", "relu1", "conv2", "bn2", "relu2"]
+    assert "batchnorm" not in plain.hparams and bn.hparams["batchnorm"] is True  # saved runs keep their names
+    assert create_model("small-cnn", batchnorm=True).hparams == bn.hparams
+    assert bn(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -392,3 +392,19 @@ def test_augmentation_moves_each_training_image_and_repeats_with_the_seed(mnist_
     assert h.last("test_acc") == evaluate(model, test).accuracy  # scored on the test images as they are
     with pytest.raises(ValueError, match="augment takes shift, rotate and scale"):
         TrainConfig(augment={"flip": True})
+
+
+def test_an_ensemble_averages_its_members_probabilities(mnist_small):
+    from cnnlab.train import predict_ensemble
+
+    _, test = mnist_small
+    members = []
+    for seed in (1, 2, 3):
+        seed_everything(seed)
+        members.append(LinearClassifier())
+    data = test.subset(range(50))
+    p = predict_ensemble(members, data)
+    manual = (predict(members[0], data) + predict(members[1], data) + predict(members[2], data)) / 3
+    assert torch.allclose(p, manual) and torch.allclose(p.sum(1), torch.ones(50))
+    with pytest.raises(ValueError, match="at least one model"):
+        predict_ensemble([], data)

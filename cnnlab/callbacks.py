@@ -86,8 +86,9 @@ class StopButton(Callback):
         if in_notebook():
             from IPython.display import HTML, display
 
-            kernel = _kernel_id() if _frontend() == "jupyter" else None  # VS Code and Colab serve no kernel REST API
-            self._handle = display(HTML(_stop_button_html(kernel, _frontend())), display_id=True)
+            frontend = _frontend()
+            kernel = _kernel_id() if frontend == "jupyter" else None  # VS Code and Colab serve no kernel REST API
+            self._handle = display(HTML(_stop_button_html(kernel, frontend)), display_id=True)
 
     def after_batch(self, state: LoopState) -> None:
         if self.requested:
@@ -197,9 +198,7 @@ class LiveDashboard(Callback):
         self.data, self.index, self.layers = data, index, layers
         self.every_s, self.budget = every_s, budget
         self.show = in_notebook() if show is None else show
-        self.frames = 0
         self.png = b""  # the latest frame
-        self.seconds = 0.0  # time spent inside the dashboard
         self.frame_log: list[tuple[float, float]] = []  # (start, seconds) of each frame, from the start of fit
         self.fit_seconds = 0.0  # wall time of the whole fit, set when it ends
         self._started = time.perf_counter()
@@ -211,7 +210,8 @@ class LiveDashboard(Callback):
     # ----- events -------------------------------------------------------------------------------
     def before_fit(self, state: LoopState) -> None:
         t0 = time.perf_counter()
-        self.frames, self.seconds, self.fit_seconds, self.png = 0, 0.0, 0.0, b""
+        self.fit_seconds, self.png = 0.0, b""
+        self.frame_log = []
         self._bf16 = state.amp
         self.curves = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
         self._reset_window(state)
@@ -221,7 +221,6 @@ class LiveDashboard(Callback):
         convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         self._first_conv = dict(model.named_modules())[convs[0]] if convs else None
         self._map_layers = self.layers if self.layers is not None else convs
-        self.frame_log = []  # (start, seconds) of every frame, start counted from the start of fit
         self._draw(state)
         self._spaced(t0, time.perf_counter() - t0)
 
@@ -248,9 +247,18 @@ class LiveDashboard(Callback):
             self._draw(state, final=True)
         finally:
             self.frame_log.append((t0 - self._started, time.perf_counter() - t0))
-            self.seconds += time.perf_counter() - t0
             self.fit_seconds = time.perf_counter() - state.started
             self._fig = None
+
+    @property
+    def frames(self) -> int:
+        """Frames drawn in the fit it watches (so far)."""
+        return len(self.frame_log)
+
+    @property
+    def seconds(self) -> float:
+        """Time spent inside the dashboard, all frames together."""
+        return sum(cost for _, cost in self.frame_log)
 
     @property
     def share(self) -> float:
@@ -291,7 +299,6 @@ class LiveDashboard(Callback):
     def _spaced(self, t0: float, spent: float) -> None:
         """Count a frame's cost, and keep drawing to about ``budget`` of the time: the next frame
         waits ``spent / budget`` at least (the first frame, drawn before training, counts too)."""
-        self.seconds += spent
         self.frame_log.append((t0 - self._started, spent))
         self._throttle.seconds = max(self.every_s, spent / self.budget)
         self._throttle.reset()
@@ -367,7 +374,6 @@ class LiveDashboard(Callback):
         buf = io.BytesIO()
         self._fig.savefig(buf, format="png", dpi=72, pil_kwargs={"compress_level": 1})
         self.png = buf.getvalue()
-        self.frames += 1
         if self.show:
             from IPython.display import Image, display
 

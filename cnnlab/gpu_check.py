@@ -95,19 +95,14 @@ def run_notebook(path: Path, out_dir: Path, env: dict[str, str], timeout: int = 
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
-    saved_env = os.environ.copy()
-    os.environ.update(env)  # the kernel inherits this process's environment
     t0 = time.perf_counter()
     error = None
     try:
-        client.execute()
+        client.execute(env=env)  # the kernel's environment; this process's own is left alone
     except nbclient.exceptions.CellExecutionError as err:
         error = _first_error(nb) or str(err).strip().splitlines()[-1][:500]
     except Exception as err:  # a kernel that died or timed out: say so, go on with the next notebook
         error = f"{type(err).__name__}: {str(err).strip()[:500]}"
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
     seconds = time.perf_counter() - t0
     nbformat.write(nb, out_dir / path.name)
     return {"notebook": path.stem, "seconds": seconds, "error": error}
@@ -150,13 +145,11 @@ def prepare(folder: Path, python: str = "3.12") -> int:
     if subprocess.run(cmd).returncode != 0:
         print("error: pip could not download the wheels (it needs PyPI); see tests/gpu-check-wheels.txt", file=sys.stderr)
         return 1
-    found = 0
     for d in data.search_dirs("mnist"):
         for name in data.RAW_FILES:
             src = d / f"{name}.gz"
             if src.is_file() and not (raw / src.name).exists():
                 shutil.copy(src, raw / src.name)
-                found += 1
     archives = sorted(p.name for p in raw.glob("*.gz"))
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
     print(f"{len(list(wheels.glob('*.whl')))} wheels and {len(archives)} of 4 MNIST archives in {folder} ({size:.0f} MiB)")
@@ -206,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = {k: os.environ.get(k) for k in ("CNNLAB_DATA", "CNNLAB_CACHE")}
     os.environ.update(CNNLAB_DATA=sources, CNNLAB_CACHE=str(cache))  # for the bench, run in this process
     try:
-        return _check(args, device, out, log, info, sources, cache)
+        return _check(args, device, out, log, info)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -216,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def _check(args, device, out: Path, log: _Log, info: dict, sources: str, cache: Path) -> int:
+def _check(args, device, out: Path, log: _Log, info: dict) -> int:
     from cnnlab import data
 
     try:
@@ -224,7 +217,7 @@ def _check(args, device, out: Path, log: _Log, info: dict, sources: str, cache: 
     except data.DataError as err:
         log(f"error: {err}")
         return 2
-    env = {**os.environ, "CNNLAB_DATA": sources, "CNNLAB_CACHE": str(cache),
+    env = {**os.environ,  # CNNLAB_DATA and CNNLAB_CACHE as main() set them
            "CNNLAB_SMOKE": "1" if args.smoke else "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
            "PYTHONUNBUFFERED": "1",
            # the notebooks' kernels start in notebooks/: they find cnnlab through the path

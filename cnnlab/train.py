@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from cnnlab.augment import random_affine
 from cnnlab.cuda_graph import GraphedStep, graph_optimizer
 from cnnlab.data import ImageSet
-from cnnlab.device import DeviceError, model_device, pick_device
+from cnnlab.device import model_device, pick_device
 from cnnlab.models import eval_mode
 
 __all__ = [
@@ -244,8 +245,6 @@ def _graceful_interrupt():
 
 
 def _augment(xb: Tensor, settings: dict[str, Any], fill: float, generator: torch.Generator) -> Tensor:
-    from cnnlab.augment import random_affine
-
     return random_affine(xb, max_shift=settings.get("shift", 0.0), max_rotate=settings.get("rotate", 0.0),
                          scale=tuple(settings.get("scale", (1.0, 1.0))), fill=fill, generator=generator)
 

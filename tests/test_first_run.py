@@ -73,15 +73,8 @@ def test_notebook_00_on_a_first_online_run_fetches_mnist(tmp_path):
     env |= {"PYTHONPATH": os.pathsep.join([str(site), str(project)]), "CNNLAB_SMOKE": "1",
             "CNNLAB_SIMULATED_LOG": str(log), "MPLBACKEND": "agg", "HOME": str(tmp_path / "home")}
     nb = nbformat.read(project / "notebooks" / "00_start_here.ipynb", as_version=4)
-    saved = os.environ.copy()
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(project / "notebooks")}}).execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(project / "notebooks")}}).execute(env=env)
     text = json.dumps(nb)
     assert "downloaded" in text and "ready: the series can run" in text
     assert (project / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()  # the copy's own cache

@@ -10,6 +10,17 @@ import pytest
 from cnnlab.__main__ import main
 
 
+@pytest.fixture
+def no_data_loading(monkeypatch):
+    """Any dataset load fails the test: for errors that must come before data is read."""
+    from cnnlab import data
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("data was loaded before the arguments were checked")
+
+    monkeypatch.setattr(data, "load", refuse)
+
+
 def run_cli(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "cnnlab", *args],
@@ -75,13 +86,7 @@ def _missing_devices() -> list[str]:
 
 
 @pytest.mark.parametrize("device", _missing_devices() + ["gpu", "tpu", "nonsense"])
-def test_a_bad_device_exits_2_before_loading_data(device, monkeypatch, capsys):
-    from cnnlab import data
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("data was loaded before the device was checked")
-
-    monkeypatch.setattr(data, "load", no_loading)
+def test_a_bad_device_exits_2_before_loading_data(device, no_data_loading, capsys):
     for command in (["train", "--no-progress"], ["bench"]):
         assert main([*command, "--device", device]) == 2
         err = capsys.readouterr().err
@@ -205,13 +210,7 @@ def test_the_command_line_knows_every_model():
     (["--limit-train", "0"], "--limit-train: limit must be a positive"),
     (["--limit-test", "-5"], "--limit-test: limit must be a positive"),
 ])
-def test_bad_settings_exit_2_before_loading_data(args, message, monkeypatch, capsys):
-    from cnnlab import data
-
-    def no_loading(*a, **k):
-        raise AssertionError("data was loaded before the settings were checked")
-
-    monkeypatch.setattr(data, "load", no_loading)
+def test_bad_settings_exit_2_before_loading_data(args, message, no_data_loading, capsys):
     assert main(["train", "--no-progress", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
@@ -272,13 +271,7 @@ def test_interrupted_train_never_replaces_a_complete_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["folder", "under-a-file"])
-def test_save_into_an_impossible_place_is_refused_before_training(where, tmp_path, monkeypatch, capsys):
-    from cnnlab import data
-
-    def no_loading(*a, **k):
-        raise AssertionError("data was loaded before the --save path was checked")
-
-    monkeypatch.setattr(data, "load", no_loading)
+def test_save_into_an_impossible_place_is_refused_before_training(where, tmp_path, no_data_loading, capsys):
     (tmp_path / "a-file").write_text("x")
     target = tmp_path if where == "folder" else tmp_path / "a-file" / "run.pt"
     assert main(["train", "--no-progress", "--save", str(target)]) == 2

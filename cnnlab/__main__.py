@@ -1,4 +1,4 @@
-"""Command line: ``python -m cnnlab {doctor,train,bench,gpu-check}`` for headless work.
+"""Command line: ``python -m cnnlab {doctor,train,bench,report,gpu-check}`` for headless work.
 
 Nothing heavy is imported at the top: ``--help`` and argument errors answer before PyTorch
 loads, and bad settings or devices are refused before any data is read.
@@ -7,6 +7,7 @@ loads, and bad settings or devices are refused before any data is read.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -149,6 +150,31 @@ def _bench(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from cnnlab import data, smoke_mode
+    from cnnlab.report import series_report
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds: the ensemble needs at least one modern CNN, got {args.seeds}")
+    for name in ("limit_train", "limit_test"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: limit must be a positive number of examples, "
+                             f"got {getattr(args, name)}")
+    out = sys.stderr if args.json else sys.stdout
+    seeds = tuple(range(args.seeds))  # as notebook 06: the modern CNN with seeds 0, 1, 2, ...
+    train_set = data.load("mnist", "train", limit=args.limit_train)
+    test_set = data.load("mnist", "test", limit=args.limit_test)
+    print(f"saved runs from {len(train_set):,} training images{' (smoke setting: 1 epoch each)' if smoke_mode() else ''}, "
+          f"scored on {len(test_set):,} test images; a missing run is trained now", file=out, flush=True)
+    with contextlib.redirect_stdout(out):  # load_or_train's lines are progress, not the report
+        report = series_report(train_set, test_set, device=args.device, seeds=seeds)
+    print(report, file=out)
+    if args.json:
+        _print_json({"test_images": len(test_set), "train_images": len(train_set), "smoke": smoke_mode(),
+                     "rows": [r.to_dict() for r in report.rows]})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cnnlab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -190,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit-train", type=int, default=None, metavar="N", help="a stratified subset of N train images")
     b.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     b.set_defaults(func=_bench)
+
+    r = sub.add_parser("report", help="the source text's accuracy table rebuilt from the series' saved runs "
+                                      "(training what is missing): errors, 95%% intervals, McNemar tests")
+    r.add_argument("--device", default=None)
+    r.add_argument("--seeds", type=int, default=5, help="modern CNNs in the ensemble (default 5, as notebook 06)")
+    r.add_argument("--limit-train", type=int, default=None, metavar="N", help="a stratified subset of N train images")
+    r.add_argument("--limit-test", type=int, default=None, metavar="N", help="a stratified subset of N test images")
+    r.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    r.set_defaults(func=_report)
 
     sub.add_parser("gpu-check", add_help=False,
                    help="on a CUDA machine: unit tests, every notebook at full settings, bench (see gpu-check --help)")

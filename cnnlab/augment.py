@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["affine", "random_affine", "AffineParams"]
+__all__ = ["affine", "random_affine", "augment_examples", "AffineParams"]
 
 AffineParams = dict[str, Tensor]  # "dx", "dy", "angle", "scale": one value per image, (B,)
 
@@ -78,3 +78,27 @@ def random_affine(
               "angle": uniform(-max_rotate, max_rotate), "scale": uniform(lo, hi)}
     out = affine(x, **params, fill=fill)
     return (out, params) if return_params else out
+
+
+def augment_examples(
+    x: Tensor,
+    *,
+    copies: int = 7,
+    shift: float = 2.0,
+    rotate: float = 10.0,
+    scale: tuple[float, float] = (0.9, 1.1),
+    fill: float = 0.0,
+    seed: int = 0,
+) -> tuple[Tensor, AffineParams]:
+    """What the network is fed: each image of ``x`` (B, C, H, W) followed by ``copies`` random
+    versions of it, shape (B, 1 + copies, C, H, W), on ``x``'s device, with the parameters drawn
+    ((B, copies) each). The same ``seed`` gives the same versions."""
+    if not (isinstance(copies, int) and copies >= 1):
+        raise ValueError(f"copies must be a whole number >= 1, got {copies!r}")
+    b = x.shape[0]
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    repeated = x.repeat_interleave(copies, 0)  # (B*copies, C, H, W): image 0's copies first
+    out, params = random_affine(repeated, max_shift=shift, max_rotate=rotate, scale=tuple(scale), fill=fill,
+                                generator=generator, return_params=True)
+    gallery = torch.cat([x[:, None], out.view(b, copies, *x.shape[1:])], 1)
+    return gallery, {k: v.view(b, copies) for k, v in params.items()}

@@ -27,6 +27,7 @@ __all__ = [
     "McNemar",
     "mcnemar",
     "required_test_size",
+    "simulated_power",
 ]
 
 
@@ -166,3 +167,20 @@ def required_test_size(accuracy_a: float, accuracy_b: float, alpha: float = 0.05
     pbar = (p1 + p2) / 2
     n = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / (p1 - p2) ** 2
     return math.ceil(n)
+
+
+def simulated_power(accuracy_a: float, accuracy_b: float, n: int, *, alpha: float = 0.05, trials: int = 4000,
+                    seed: int = 0) -> float:
+    """How often a two-sided test at ``alpha`` (two proportions, pooled z) tells ``accuracy_a``
+    from ``accuracy_b`` when each model is scored on its own ``n`` random test images: the check
+    of :func:`required_test_size` by simulation. With equal accuracies it is the false-alarm rate."""
+    if not (isinstance(n, int) and n > 0 and isinstance(trials, int) and trials > 0):
+        raise ValueError(f"n and trials must be whole numbers > 0, got n={n!r}, trials={trials!r}")
+    gen = torch.Generator().manual_seed(seed)
+    errors = [torch.binomial(torch.full((trials,), float(n), dtype=torch.float64),
+                             torch.full((trials,), 1 - acc, dtype=torch.float64), generator=gen)
+              for acc in (accuracy_a, accuracy_b)]
+    pooled = (errors[0] + errors[1]) / (2 * n)
+    se = torch.sqrt(pooled * (1 - pooled) * 2 / n)
+    z = (errors[1] - errors[0]) / n / se.clamp_min(1e-300)
+    return float((z.abs() > NormalDist().inv_cdf(1 - alpha / 2)).double().mean())

@@ -22,7 +22,14 @@ from cnnlab.data import ImageSet
 from cnnlab.device import pick_device
 from cnnlab.train import History, evaluate, fit, make_config, seed_everything
 
-__all__ = ["SERIES_SETTINGS", "series_settings", "run_path", "save_run", "load_or_train"]
+__all__ = [
+    "SERIES_SETTINGS", "AUGMENT", "LADDER", "ENSEMBLE_SEEDS", "SERIES_MODELS",
+    "series_settings", "series_model", "load_series_run", "run_path", "save_run", "load_or_train",
+]
+
+#: Notebook 06's augmentation: each training digit moved up to 2 px per axis, turned up to 10
+#: degrees either way and scaled by 0.9-1.1, every image with its own draw (cnnlab.augment).
+AUGMENT: dict = {"shift": 2, "rotate": 10, "scale": [0.9, 1.1]}
 
 #: How the series trains each model (the rest are fit's defaults). Notebooks start from these,
 #: so a model saved by one notebook is found by the next.
@@ -31,7 +38,41 @@ SERIES_SETTINGS: dict[str, dict] = {
     "mlp": {"epochs": 10},
     "small-cnn": {"epochs": 5},  # full MNIST: 99.29% (seed 0), 99.27% (seed 1); 3 epochs: 99.11%
     "conv-stack-8": {"epochs": 2},
+    # Notebook 06: the MLP as large as the small CNN, and the ladder's rungs (see LADDER).
+    "mlp-wide": {"epochs": 10},
+    "small-cnn-bn": {"epochs": 5},
+    "modern-cnn-plain": {"epochs": 5},
+    "modern-cnn-aug": {"epochs": 5, "augment": AUGMENT},
+    "modern-cnn-ls": {"epochs": 5, "augment": AUGMENT, "label_smoothing": 0.1},
+    "modern-cnn": {"epochs": 10, "augment": AUGMENT, "label_smoothing": 0.1},
 }
+
+#: The model of each saved run: (registry name, constructor arguments).
+SERIES_MODELS: dict[str, tuple[str, dict]] = {
+    "linear": ("linear", {}),
+    "mlp": ("mlp", {}),
+    "small-cnn": ("small-cnn", {}),
+    "mlp-wide": ("mlp", {"hidden": 1509}),  # 1,199,665 parameters: the small CNN's 1,199,882, give or take 217
+    "small-cnn-bn": ("small-cnn", {"batchnorm": True}),
+    "modern-cnn-plain": ("modern-cnn", {}),
+    "modern-cnn-aug": ("modern-cnn", {}),
+    "modern-cnn-ls": ("modern-cnn", {}),
+    "modern-cnn": ("modern-cnn", {}),
+}
+
+#: Notebook 06's ablation ladder, from the small CNN of notebook 05 to the modern CNN: each rung
+#: is the one before it with one change, trained from the same seed. (saved run, what changed)
+LADDER: tuple[tuple[str, str], ...] = (
+    ("small-cnn", "small CNN (notebook 05)"),
+    ("small-cnn-bn", "+ BatchNorm"),
+    ("modern-cnn-plain", "+ all-conv body, global average pooling"),
+    ("modern-cnn-aug", "+ augmentation"),
+    ("modern-cnn-ls", "+ label smoothing 0.1"),
+    ("modern-cnn", "+ longer one-cycle schedule (10 epochs)"),
+)
+
+#: The seeds of the modern CNNs that notebooks 06 and 07 train: each alone, then as one committee.
+ENSEMBLE_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 
 def series_settings(name: str, device: str | None = None) -> dict:
@@ -43,6 +84,24 @@ def series_settings(name: str, device: str | None = None) -> dict:
         settings["epochs"] = 1
     settings["device"] = device
     return settings
+
+def series_model(name: str) -> nn.Module:
+    """A fresh model for the saved run ``name`` (a key of :data:`SERIES_MODELS`)."""
+    from cnnlab.models import create_model
+
+    if name not in SERIES_MODELS:
+        raise ValueError(f"no series model called {name!r}; choose one of: {', '.join(SERIES_MODELS)}")
+    model_name, kwargs = SERIES_MODELS[name]
+    return create_model(model_name, **kwargs)
+
+
+def load_series_run(name: str, train_set: ImageSet, test_set: ImageSet, *, device: str | None = None,
+                         seed: int = 0, **overrides) -> tuple[nn.Module, History]:
+    """The series' run ``name`` (model and settings as the notebooks train it) with ``seed``:
+    loaded if saved, else trained and saved now. ``overrides`` change settings (and so the run)."""
+    settings = series_settings(name, device=device) | {"seed": seed} | overrides
+    return load_or_train(name, lambda: series_model(name), train_set, test_set, **settings)
+
 
 _NOT_PART_OF_THE_RESULT = ("progress", "device", "eval_batch_size")
 

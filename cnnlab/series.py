@@ -12,8 +12,8 @@ NOTEBOOKS: tuple[tuple[str, str, str, str], ...] = (
     ("03", "03_convolution", "What a convolution computes", "kernel playground; weight sharing and translation equivariance; shape arithmetic"),
     ("04", "04_pooling_and_receptive_fields", "Pooling, strides, receptive fields", "theoretical vs effective receptive fields on your own model"),
     ("05", "05_small_cnn", "The small CNN, trained live", "live dashboard: curves, filters, feature maps; draw your own digit"),
-    ("06", "06_accuracy_report", "Reading an accuracy report", "the source's table rebuilt: errors per million, intervals, McNemar"),
-    ("07", "07_modern_cnn", "A modern CNN with augmentation", "BatchNorm, global pooling, augmentation: 99.6%+"),
+    ("06", "06_modern_cnn", "A modern CNN with augmentation", "an ablation ladder from the small CNN: BatchNorm, global pooling, augmentation; seeds and an ensemble; structure, not size"),
+    ("07", "07_accuracy_report", "Reading an accuracy report", "the source's table rebuilt: errors per million, intervals, McNemar, seeds, test-set size, every error"),
     ("08", "08_cnns_at_scale", "CNNs at scale", "LeNet-5 to ConvNeXt: parameters, FLOPs, receptive fields counted"),
     ("09", "09_transfer_learning", "Same backbone, new data", "Fashion-MNIST; from scratch vs pretrained; label noise; data versions"),
 )

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from torch import Tensor, nn
 
 from cnnlab.data import ImageSet
@@ -32,6 +32,8 @@ __all__ = [
     "show_filters",
     "show_feature_maps",
     "show_saliency",
+    "show_augmentations",
+    "plot_error_ladder",
     "render_png",
 ]
 
@@ -390,6 +392,61 @@ def show_saliency(image: Tensor, maps: Mapping[str, Tensor], *, axes: Sequence[A
         ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+def show_augmentations(gallery: Tensor, data: ImageSet, *, titles: Sequence[str] | None = None,
+                       fig: Figure | None = None, size: float = 1.0) -> Figure:
+    """Rows of images as :func:`cnnlab.augment.augment_examples` returns them, (B, 1 + copies, C,
+    H, W): the original (framed in orange) and its random versions, as the network sees them."""
+    gallery = data.denormalize(gallery.detach().float().cpu()).clamp(0, 1)
+    rows, cols = gallery.shape[:2]
+    if fig is None:
+        fig = plt.figure(figsize=(cols * size, rows * size * 1.1))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.imshow(gallery[r, c].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray_r", vmin=0, vmax=1)
+            ax.set(xticks=[], yticks=[])
+            if c == 0:
+                for spine in ax.spines.values():
+                    spine.set(color="tab:orange", linewidth=2)
+            if titles is not None and r == 0:
+                ax.set_title(titles[c], fontsize=7)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def plot_error_ladder(rows: Sequence, *, ax: Axes | None = None, title: str = "", log: bool | None = None) -> Axes:
+    """Test errors of :func:`cnnlab.report.compare`'s rows, top to bottom, each with its 95%
+    interval, and McNemar's p-value against the row above: a gap is real where p is small.
+    ``log``: a logarithmic error axis (default: when the errors span more than 5x)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.2))
+    n = rows[0].n
+    errors = [r.errors for r in rows]
+    lo = [r.interval[0] * n for r in rows]
+    hi = [r.interval[1] * n for r in rows]
+    y = list(range(len(rows)))
+    ax.errorbar(errors, y, xerr=[[e - a for e, a in zip(errors, lo)], [b - e for e, b in zip(errors, hi)]],
+                fmt="o", color="tab:blue", ecolor="tab:blue", capsize=4)
+    logarithmic = log if log is not None else max(errors) > 5 * max(min(errors), 1)
+    if logarithmic:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    for r, yi in zip(rows, y):
+        note = f"{r.errors:,}"
+        if r.p_value is not None:
+            note += f"   (p = {r.p_value:.2g} vs above)" if r.p_value >= 1e-4 else "   (p < 0.0001 vs above)"
+        ax.annotate(note, (r.interval[1] * n, yi), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(y, [r.label for r in rows], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(max(min(lo), 0.5) * 0.7 if logarithmic else 0, max(hi) * (6 if logarithmic else 1.7))
+    ax.set(xlabel=f"test errors out of {n:,} (fewer is better; bars: 95% intervals)" + (", log scale" if logarithmic else ""),
+           title=title or "test errors, each row against the row above")
+    ax.grid(axis="x", alpha=0.3)
+    return ax
 
 
 def render_png(fig: Figure, dpi: int = 80) -> bytes:

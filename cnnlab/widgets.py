@@ -9,20 +9,26 @@ function first, then the widget.
 | :func:`shape_calculator` | :func:`cnnlab.conv.conv_layer_summary` |
 | :func:`receptive_field_explorer` | :func:`cnnlab.receptive_field.receptive_field_view` |
 | :func:`feature_map_explorer` | :func:`cnnlab.hooks.feature_map_view` |
+| :func:`augment_explorer` | :func:`cnnlab.augment.augment_examples` |
+| :func:`error_flagger` | :func:`cnnlab.viz.show_mistakes` (every error) |
 """
 
 from __future__ import annotations
 
 import html
+import io
 from collections.abc import Mapping, Sequence
 
 import ipywidgets as widgets
 from matplotlib.figure import Figure
+import torch
 from torch import Tensor, nn
 
+from cnnlab.augment import augment_examples
 from cnnlab.conv import KERNEL_PRESETS, apply_kernel, conv_layer_summary, kernel_preset, parse_kernel
 from cnnlab.data import ImageSet
 from cnnlab.hooks import channel_maxima, feature_map_view, spatial_layers, top_activating
+from cnnlab.metrics import most_confident_mistakes
 from cnnlab.models import as_named_models
 from cnnlab.receptive_field import receptive_field_view, receptive_fields
 from cnnlab.transforms import explore_transform
@@ -32,6 +38,7 @@ from cnnlab.viz import (
     show_feature_maps,
     show_filters,
     show_prediction,
+    show_augmentations,
     show_receptive_field,
     tile,
 )
@@ -42,6 +49,8 @@ __all__ = [
     "shape_calculator",
     "receptive_field_explorer",
     "feature_map_explorer",
+    "augment_explorer",
+    "error_flagger",
 ]
 
 
@@ -382,4 +391,106 @@ def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, po
     set_channels()
     box = widgets.VBox([widgets.HBox(list(controls.values())), summary, widgets.HBox([image, top_image])])
     box.controls, box.image, box.top_image, box.summary = controls, image, top_image, summary
+    return box
+
+
+def augment_explorer(data: ImageSet, index: Sequence[int] = (0, 1, 2, 3), *, copies: int = 7,
+                     shift: float = 2.0, rotate: float = 10.0, scale: tuple[float, float] = (0.9, 1.1)) -> widgets.VBox:
+    """Training digits and random versions of them, as augmentation feeds them to the network:
+    move the sliders to set how far they may move, turn and grow; **draw again** for new draws.
+
+    The box exposes ``.controls``, ``.again`` (the button), ``.image`` and ``.summary`` for tests.
+    """
+    x = data.x[list(index)].cpu()
+    controls = {
+        "shift": widgets.FloatSlider(value=shift, min=0, max=8, step=0.5, description="shift ≤ (px)"),
+        "rotate": widgets.FloatSlider(value=rotate, min=0, max=90, step=5, description="rotate ≤ (°)"),
+        "scale": widgets.FloatRangeSlider(value=tuple(scale), min=0.5, max=1.5, step=0.05, description="scale"),
+    }
+    again = widgets.Button(description="draw again", icon="refresh")
+    image, summary = widgets.Image(format="png"), widgets.HTML()
+    fig = Figure(figsize=(1 + copies, 1.1 * len(x)))
+    seed = [0]
+
+    def update(_change=None) -> None:
+        values = {k: c.value for k, c in controls.items()}
+        try:
+            gallery, params = augment_examples(x, copies=copies, fill=data.background, seed=seed[0], **values)
+        except ValueError as err:  # a zero-width scale range at 0, say: keep the last picture
+            summary.value = _error_html(err)
+            return
+        fig.clear()
+        show_augmentations(gallery, data, fig=fig)
+        image.value = render_png(fig)
+        lo, hi = values["scale"]
+        summary.value = (f"Each row: a training digit (orange frame) and {copies} random versions of it. Each moves up to "
+                         f"{values['shift']:g} px right/left and down/up, turns up to {values['rotate']:g}° either way and "
+                         f"is scaled by {lo:.2f}–{hi:.2f}; this draw turned them by {float(params['angle'].min()):+.0f}° to "
+                         f"{float(params['angle'].max()):+.0f}°. Where does a 6 stop being a 6?")
+
+    def draw_again(_button=None) -> None:
+        seed[0] += 1
+        update()
+
+    for c in controls.values():
+        c.observe(update, names="value")
+    again.on_click(draw_again)
+    update()
+    box = widgets.VBox([widgets.HBox([*controls.values(), again]), summary, image])
+    box.controls, box.again, box.image, box.summary = controls, again, image, summary
+    return box
+
+
+def _digit_png(image: Tensor, zoom: int = 3) -> bytes:
+    """One grey image (values 0-1, ink dark) as a small PNG, without matplotlib (fast for a gallery)."""
+    from PIL import Image
+
+    pixels = ((1 - image.clamp(0, 1)) * 255).round().to(dtype=torch.uint8).squeeze(0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(pixels).resize((pixels.shape[1] * zoom, pixels.shape[0] * zoom), Image.NEAREST).save(buf, "png")
+    return buf.getvalue()
+
+
+def error_flagger(data: ImageSet, probs: Tensor, *, ncols: int = 8) -> widgets.VBox:
+    """Every error of a model, most confident first, each with its true label, the prediction and
+    its probability. Flag the ones a person could misread too: the summary counts what is left.
+
+    The box exposes ``.index`` (the errors' test indices), ``.toggles`` (one per error),
+    ``.flagged()`` (the flagged test indices) and ``.summary`` for tests.
+    """
+    probs = probs.detach().float().cpu()
+    if probs.shape != (len(data), len(data.classes)):
+        raise ValueError(f"probs must be ({len(data)}, {len(data.classes)}): one row of class probabilities per "
+                         f"image of data, got {tuple(probs.shape)}")
+    index = most_confident_mistakes(probs, data.y, len(data)).tolist()
+    short = [c.split(" - ")[0] for c in data.classes]
+    images = data.denormalize(data.x[index].float().cpu()) if index else None
+    cells, toggles = [], []
+    for k, i in enumerate(index):
+        pred = int(probs[i].argmax())
+        toggle = widgets.ToggleButton(value=False, description="arguable", tooltip="a person could read it as the model did",
+                                      layout=widgets.Layout(width="96px"))
+        toggles.append(toggle)
+        caption = widgets.HTML(f"<small>#{i}: <b>{html.escape(short[int(data.y[i])])}</b> → "
+                               f"{html.escape(short[pred])} {float(probs[i, pred]):.0%}</small>")
+        cells.append(widgets.VBox([widgets.Image(value=_digit_png(images[k]), format="png", width=84), caption, toggle],
+                                  layout=widgets.Layout(align_items="center", width="110px")))
+    summary = widgets.HTML()
+    n, errors = len(data), len(index)
+
+    def flagged() -> list[int]:
+        return [i for i, t in zip(index, toggles) if t.value]
+
+    def update(_change=None) -> None:
+        k = len(flagged())
+        summary.value = (f"<b>{errors}</b> errors on {n:,} test images ({errors / n:.2%}). Flagged as arguable: <b>{k}</b>. "
+                         f"Counting only the rest as the model's mistakes: {errors - k} errors, accuracy "
+                         f"{1 - (errors - k) / n:.2%}." if errors else f"no errors on these {n:,} test images")
+
+    for t in toggles:
+        t.observe(update, names="value")
+    update()
+    grid = widgets.GridBox(cells, layout=widgets.Layout(grid_template_columns=f"repeat({ncols}, 112px)"))
+    box = widgets.VBox([summary, grid])
+    box.index, box.toggles, box.flagged, box.summary = index, toggles, flagged, summary
     return box

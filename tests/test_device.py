@@ -25,7 +25,8 @@ from torch.overrides import TorchFunctionMode
 from cnnlab import augment, conv, drawing, hooks, metrics, receptive_field, saliency, transforms, viz
 from cnnlab.device import DeviceError, available_devices, model_device, pick_device
 from cnnlab.models import ConvStack, SmallCNN, shape_table
-from cnnlab.train import evaluate, fit, predict, seed_everything
+from cnnlab.report import compare
+from cnnlab.train import evaluate, fit, predict, predict_ensemble, seed_everything
 
 CUDA = torch.cuda.is_available()
 #: (model's device, inputs' device) pairs this machine can run.
@@ -143,6 +144,7 @@ def _analysis_cases(images):
     return {
         "predict": lambda m, d: predict(m, d),
         "predict(tensor)": lambda m, d: predict(m, d.x[:5]),
+        "predict_ensemble": lambda m, d: predict_ensemble([m, m], d),
         "evaluate": lambda m, d: torch.tensor(evaluate(m, d), device="cpu"),
         "feature_maps": lambda m, d: hooks.feature_maps(m, d.x[:3], "conv2"),
         "channel_maxima": lambda m, d: hooks.channel_maxima(m, d.x, "relu1", batch_size=16),
@@ -219,6 +221,18 @@ def test_tensor_operations_follow_their_inputs(images, input_dev):
             assert _close(f(images), reference[name]), f"{name} under the poisoned default device"
 
 
+@pytest.mark.parametrize("input_dev", [d for d in ("cpu", "cuda") if d == "cpu" or CUDA])
+def test_augmentation_draws_on_the_device_of_its_images(images, input_dev):
+    """Random draws differ between devices' generators, so this checks where, not what."""
+    x = images.x[:4].to(input_dev)
+    gallery, params = augment.augment_examples(x, copies=3, fill=images.background, seed=2)
+    assert gallery.device.type == input_dev and all(p.device.type == input_dev for p in params.values())
+    assert torch.equal(gallery[:, 0], x)
+    with poisoned():
+        again, _ = augment.augment_examples(x, copies=3, fill=images.background, seed=2)
+    assert torch.equal(again, gallery)
+
+
 @pytest.mark.parametrize("model", [SmallCNN(), ConvStack(depth=3, pool_every=2)], ids=["small-cnn", "conv-stack"])
 def test_shape_only_functions_run_on_a_meta_model(model):
     """receptive_fields, spatial_layers and shape_table only need shapes: a model on the meta
@@ -251,6 +265,8 @@ def test_drawing_accepts_tensors_from_any_device(cpu_model, images, model_dev, i
             viz.show_feature_maps(data.x[:4, 0])
             viz.show_maps({"a": data.x[0, 0], "b": data.x[1, 0].relu()})
             viz.show_convolution(data.x[0], data.x[0, 0, :3, :3], data.x[0, 0])
+            viz.show_augmentations(augment.augment_examples(data.x[:2], copies=2, seed=1)[0], data)
+            viz.plot_error_ladder(compare({"a": probs.argmax(1) == data.y, "b": data.y == data.y}))
             assert viz.tile(data.x[:4, 0]).device.type == "cpu"
     finally:
         plt.close("all")
@@ -259,13 +275,16 @@ def test_drawing_accepts_tensors_from_any_device(cpu_model, images, model_dev, i
 
 @pytest.mark.parametrize("model_dev,input_dev", PAIRS)
 def test_explorers_work_with_the_model_anywhere(cpu_model, images, model_dev, input_dev):
-    from cnnlab.widgets import feature_map_explorer, receptive_field_explorer, shift_explorer
+    from cnnlab.widgets import augment_explorer, error_flagger, feature_map_explorer, receptive_field_explorer, shift_explorer
 
     model, data = cpu_model.to(model_dev), images.to(input_dev)
     try:
         for box in (shift_explorer(model, data), receptive_field_explorer({"cnn": model}, data, images=8),
                     feature_map_explorer(model, data, pool=32)):
             assert box.image.value[:4] == b"\x89PNG" and "color:#b00" not in box.summary.value
+        assert augment_explorer(data, index=[0, 1]).image.value[:4] == b"\x89PNG"
+        flagger = error_flagger(data, predict(model, data).to(input_dev))
+        assert "errors on 48 test images" in flagger.summary.value
         rf = receptive_field_explorer({"cnn": model}, data, images=8)
         rf.controls["row"].value = 1
         assert "color:#b00" not in rf.summary.value

@@ -149,7 +149,8 @@ def mcnemar(correct_a: Tensor, correct_b: Tensor) -> McNemar:
     both, only_a = int((a & b).sum()), int((a & ~b).sum())
     only_b, neither = int((~a & b).sum()), int((~a & ~b).sum())
     n = only_a + only_b
-    p = 1.0 if n == 0 else min(1.0, 2 * (1 - _binom_tail_ge(min(only_a, only_b) + 1, n, 0.5)))
+    # P(X <= k) by symmetry as P(X >= n - k), summed directly: no 1 - (almost 1), so tiny p-values stay exact
+    p = 1.0 if n == 0 else min(1.0, 2 * _binom_tail_ge(n - min(only_a, only_b), n, 0.5))
     return McNemar(only_a, only_b, ((both, only_a), (only_b, neither)), p)
 
 

@@ -124,3 +124,22 @@ def test_every_pin_installs_on_the_oldest_python_the_readme_promises():
             if not SpecifierSet(meta["Requires-Python"]).contains("3.11.0"):
                 too_new.append(f"{name}=={version} (Requires-Python {meta['Requires-Python']})")
     assert not too_new, f"pins that need a newer Python than 3.11.0: {too_new}"
+
+
+def test_the_series_map_and_the_readme_know_every_notebook():
+    from cnnlab.series import NOTEBOOKS
+
+    stems = [stem for _, stem, _, _ in NOTEBOOKS]
+    readme = (ROOT / "README.md").read_text()
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert path.stem in stems, f"{path.name} is missing from cnnlab.series.NOTEBOOKS (notebook 00's map)"
+        assert f"| `{path.stem}` |" in readme, f"{path.name} is missing from the README's series table"
+    assert [n for n, _, _, _ in NOTEBOOKS] == [f"{i:02d}" for i in range(len(NOTEBOOKS))]
+
+
+def test_stored_outputs_come_from_one_full_run_on_a_fresh_kernel():
+    """Every code cell ran, in order, from a fresh kernel: execution counts 1, 2, 3, ..."""
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        counts = [c["execution_count"] for c in cells]
+        assert counts == list(range(1, len(cells) + 1)), f"{path.name}: execution counts {counts}"

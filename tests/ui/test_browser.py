@@ -362,5 +362,30 @@ def _interact_05(page, views) -> None:
         time.sleep(0.5)
 
 
+def _interact_06(page, views) -> None:
+    view = views.filter(has_text="draw again").first
+    summary = view.locator(".widget-html", has_text="random versions").first
+    before, before_img = summary.inner_text(), image_src(view)
+    view.get_by_role("button", name=re.compile("draw again")).click()
+    after_img = wait_for_change(lambda: image_src(view), before_img, "the augmentation gallery after 'draw again'")
+    press_slider(page, view, "rotate", "ArrowRight", 4)  # 10° -> 30°
+    wait_for_change(lambda: summary.inner_text(), before, "the gallery's description after moving 'rotate'")
+    assert "30°" in summary.inner_text()
+    wait_for_change(lambda: image_src(view), after_img, "the gallery after moving 'rotate'")
+    screenshot(view, ARTIFACTS / "06_modern_cnn-rotated.png")
+
+
+def _interact_07(page, views) -> None:
+    view = views.filter(has_text="Flagged as arguable").first
+    summary = view.locator(".widget-html", has_text="Flagged as arguable").first
+    before = summary.inner_text()
+    assert "Flagged as arguable: 0" in before
+    view.get_by_role("button", name=re.compile("arguable")).first.click()
+    after = wait_for_change(lambda: summary.inner_text(), before, "the error count after flagging one")
+    assert "Flagged as arguable: 1" in after
+    screenshot(view, ARTIFACTS / "07_accuracy_report-flagged.png")
+
+
 INTERACTIONS = {"01_linear_baseline": _interact_01, "03_convolution": _interact_03,
-                "04_pooling_and_receptive_fields": _interact_04, "05_small_cnn": _interact_05}
+                "04_pooling_and_receptive_fields": _interact_04, "05_small_cnn": _interact_05,
+                "06_modern_cnn": _interact_06, "07_accuracy_report": _interact_07}

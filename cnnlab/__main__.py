@@ -1,4 +1,4 @@
-"""Command line: ``python -m cnnlab {doctor,train,bench,report,gpu-check}`` for headless work.
+"""Command line: ``python -m cnnlab {doctor,train,bench,report,models,gpu-check}`` for headless work.
 
 Nothing heavy is imported at the top: ``--help`` and argument errors answer before PyTorch
 loads, and bad settings or devices are refused before any data is read.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 #: The model registry's names (``cnnlab.models.MODELS``; a test keeps the two in step), here so
 #: that ``--help`` needs no PyTorch.
-MODEL_NAMES = ("linear", "mlp", "small-cnn", "modern-cnn", "conv-stack")
+MODEL_NAMES = ("linear", "mlp", "small-cnn", "modern-cnn", "conv-stack", "lenet5", "deep-stack")
 
 
 def _doctor(args) -> int:
@@ -175,6 +175,21 @@ def _report(args) -> int:
     return 0
 
 
+def _models(args) -> int:
+    from cnnlab.scale import ARCHITECTURES, format_models, model_row
+
+    out = sys.stderr if args.json else sys.stdout
+    names = args.names or list(ARCHITECTURES)
+    rows = []
+    for name in names:
+        print(f"counting {name}...", file=out, flush=True)
+        rows.append(model_row(name, device=args.device, time_it=not args.no_time, receptive_field=not args.no_rf))
+    print(format_models(rows), file=out)
+    if args.json:
+        _print_json({"models": [r.to_dict() for r in rows]})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cnnlab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -225,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit-test", type=int, default=None, metavar="N", help="a stratified subset of N test images")
     r.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     r.set_defaults(func=_report)
+
+    m = sub.add_parser("models", help="ImageNet CNNs from torchvision (random weights, nothing downloaded) counted: "
+                                      "parameters, multiply-accumulates, published top-1, time per image, receptive field")
+    m.add_argument("--names", nargs="+", metavar="NAME", help="torchvision model names (default: the six of notebook 08)")
+    m.add_argument("--device", default=None, help="where to time them (default: cpu)")
+    m.add_argument("--no-time", action="store_true", help="skip the timing")
+    m.add_argument("--no-rf", action="store_true", help="skip the receptive fields (the slowest part)")
+    m.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    m.set_defaults(func=_models)
 
     sub.add_parser("gpu-check", add_help=False,
                    help="on a CUDA machine: unit tests, every notebook at full settings, bench (see gpu-check --help)")

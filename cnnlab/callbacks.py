@@ -27,7 +27,7 @@ from cnnlab.hooks import feature_maps
 from cnnlab.train import Callback, LoopState, StopTraining
 from cnnlab.viz import show_feature_maps, show_filters, tile
 
-__all__ = ["Every", "StopButton", "LiveDashboard", "in_notebook"]
+__all__ = ["Every", "StopButton", "LiveDashboard", "BatchLosses", "in_notebook"]
 
 
 def in_notebook() -> bool:
@@ -60,6 +60,23 @@ class Every:
             self._last_time, self._calls = now, 0
             return True
         return False
+
+
+class BatchLosses(Callback):
+    """The training loss of every ``every``-th batch, kept in ``.steps`` and ``.losses``: a
+    learning curve finer than the per-epoch history (each record waits for the device)."""
+
+    def __init__(self, every: int = 1):
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"every must be a whole number >= 1, got {every!r}")
+        self.every = every
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+
+    def after_batch(self, state: LoopState) -> None:
+        if state.step % self.every == 0:
+            self.steps.append(state.step)
+            self.losses.append(float(state.loss.detach()))
 
 
 class StopButton(Callback):

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.conv import conv_output_size
@@ -23,6 +24,8 @@ __all__ = [
     "SmallCNN",
     "ModernCNN",
     "ConvStack",
+    "LeNet5",
+    "DeepStack",
     "MODELS",
     "create_model",
     "count_parameters",
@@ -179,7 +182,137 @@ class ConvStack(_Model):
         )
 
 
-MODELS: dict[str, type[_Model]] = {m.name: m for m in (LinearClassifier, MLP, SmallCNN, ModernCNN, ConvStack)}
+class ScaledTanh(nn.Module):
+    """LeNet-5's squashing function, ``1.7159 * tanh(2x / 3)`` (LeCun et al. 1998, appendix A)."""
+
+    pointwise = True  # receptive-field arithmetic: acts pixel by pixel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.7159 * torch.tanh(x * (2 / 3))
+
+
+class Subsampling(nn.AvgPool2d):
+    """LeNet-5's S2 and S4: each map's 2x2 blocks summed, times a trainable coefficient, plus a
+    trainable bias (two parameters per map). An average pool underneath, so receptive-field
+    arithmetic treats it as one."""
+
+    def __init__(self, channels: int):
+        super().__init__(2)
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 4 * super().forward(x) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+#: Which of S2's six maps each of C3's sixteen maps sees (LeCun et al. 1998, table I).
+LENET5_C3_TABLE: tuple[tuple[int, ...], ...] = (
+    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
+    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
+    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2, 3, 4, 5),
+)
+
+
+class PartialConv2d(nn.Module):
+    """A convolution in which output map ``j`` sees only the input maps ``table[j]`` (LeNet-5's
+    C3: "to break the symmetry", and to save weights). Only the connected kernels are parameters."""
+
+    is_convolution = True  # receptive-field arithmetic: a k x k convolution, stride 1, no padding
+
+    def __init__(self, table: Sequence[Sequence[int]], in_channels: int, kernel_size: int):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, len(table)
+        self.kernel_size, self.stride, self.padding, self.dilation = (kernel_size,) * 2, (1, 1), (0, 0), (1, 1)
+        pairs = [(j, i) for j, inputs in enumerate(table) for i in inputs]
+        self.register_buffer("out_index", torch.tensor([j for j, _ in pairs]), persistent=False)
+        self.register_buffer("in_index", torch.tensor([i for _, i in pairs]), persistent=False)
+        bound = 1 / (kernel_size * (len(pairs) / len(table))) ** 0.5
+        self.weight = nn.Parameter(torch.empty(len(pairs), kernel_size, kernel_size).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(len(table)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        full = self.weight.new_zeros(self.out_channels, self.in_channels, *self.kernel_size)
+        full = full.index_put((self.out_index, self.in_index), self.weight)
+        return F.conv2d(x, full, self.bias)
+
+
+class LeNet5(_Model):
+    """LeNet-5 as LeCun, Bottou, Bengio and Haffner built it (1998) on 32x32 inputs: C1 (6 maps,
+    5x5), S2 (trainable subsampling), C3 (16 maps, each seeing some of S2's maps), S4, C5 (120
+    maps, 5x5: a convolution, but on a 5x5 input it acts as a dense layer), F6 (84 units),
+    scaled tanh throughout: 60,000 trainable parameters up to F6, as the paper counts. Two
+    changes, said plainly: MNIST's 28x28 digits are padded to 32x32 here, and the output is a
+    dense layer trained with cross-entropy instead of the paper's fixed RBF units (850 more
+    parameters)."""
+
+    name = "lenet5"
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28):
+        pad = (32 - image_size) // 2
+        super().__init__(
+            OrderedDict(
+                pad=nn.ZeroPad2d(pad),  # (B, C, 32, 32)
+                c1=nn.Conv2d(in_channels, 6, 5),  # (B, 6, 28, 28)
+                act1=ScaledTanh(),
+                s2=Subsampling(6),  # (B, 6, 14, 14)
+                act2=ScaledTanh(),
+                c3=PartialConv2d(LENET5_C3_TABLE, 6, 5),  # (B, 16, 10, 10)
+                act3=ScaledTanh(),
+                s4=Subsampling(16),  # (B, 16, 5, 5)
+                act4=ScaledTanh(),
+                c5=nn.Conv2d(16, 120, 5),  # (B, 120, 1, 1)
+                act5=ScaledTanh(),
+                flatten=nn.Flatten(),  # (B, 120)
+                f6=nn.Linear(120, 84),  # (B, 84)
+                act6=ScaledTanh(),
+                output=nn.Linear(84, num_classes),  # (B, classes); the paper: 10 fixed RBF units
+            ),
+            in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+        )
+
+
+class _Residual(nn.Module):
+    """``x + block(x)``: the block learns a correction to the identity."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class DeepStack(_Model):
+    """A stride-2 stem, then ``depth`` 3x3 conv layers of ``width`` channels with ReLU (no
+    normalisation), then global average pooling and a classifier; ``residual=True`` wraps each pair of layers in a skip
+    connection (ResNet's idea, without its BatchNorm): the same layers and parameters, another
+    path for the signal and its gradient."""
+
+    name = "deep-stack"
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, depth: int = 32, width: int = 16,
+                 residual: bool = False):
+        if depth < 2 or depth % 2:
+            raise ValueError(f"depth must be an even number >= 2 (layers come in pairs), got {depth}")
+
+        def conv() -> nn.Conv2d:
+            return nn.Conv2d(width, width, 3, padding=1)
+
+        layers = OrderedDict(stem=nn.Conv2d(in_channels, width, 3, stride=2, padding=1), relu0=nn.ReLU())  # 28 -> 14, as ResNet's stem halves
+        for i in range(1, depth // 2 + 1):
+            pair = nn.Sequential(conv(), nn.ReLU(), conv())
+            layers[f"block{i}"] = _Residual(pair) if residual else pair
+            layers[f"relu{i}"] = nn.ReLU()
+        layers["gap"] = nn.AdaptiveAvgPool2d(1)
+        layers["flatten"] = nn.Flatten()
+        layers["fc"] = nn.Linear(width, num_classes)
+        super().__init__(layers, in_channels=in_channels, num_classes=num_classes, depth=depth, width=width,
+                         residual=residual)
+
+
+MODELS: dict[str, type[_Model]] = {m.name: m for m in (LinearClassifier, MLP, SmallCNN, ModernCNN, ConvStack, LeNet5,
+                                                       DeepStack)}
 
 
 def create_model(name: str, in_channels: int = 1, num_classes: int = 10, **kwargs) -> _Model:

@@ -31,6 +31,7 @@ __all__ = [
     "effective_receptive_field",
     "linearised",
     "erf_extent",
+    "measured_receptive_field",
 ]
 
 _POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity,
@@ -63,8 +64,11 @@ def _params(layer: nn.Module):
     def pair(v):
         return (v, v) if isinstance(v, int) else tuple(v)
 
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, nn.Conv2d) or getattr(layer, "is_convolution", False):  # LeNet-5's partial C3 too
         return pair(layer.kernel_size), pair(layer.stride), pair(layer.padding), pair(layer.dilation)
+    if isinstance(layer, nn.ZeroPad2d):  # (left, right, top, bottom): moves the start, as a conv's padding does
+        left, _, top, _ = layer.padding
+        return (1, 1), (1, 1), (top, left), (1, 1)
     if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
         dilation = pair(getattr(layer, "dilation", 1))
         return pair(layer.kernel_size), pair(layer.stride or layer.kernel_size), pair(layer.padding), dilation
@@ -89,7 +93,7 @@ def receptive_fields(model: nn.Module, input_shape: tuple[int, int, int] = (1, 2
                 if isinstance(layer, (nn.Flatten, nn.Linear, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
                     break
                 params = _params(layer)
-                if params is None and not isinstance(layer, _POINTWISE):
+                if params is None and not (isinstance(layer, _POINTWISE) or getattr(layer, "pointwise", False)):
                     raise TypeError(
                         f"layer {name} ({type(layer).__name__}) is neither a convolution, a pooling layer nor "
                         "pointwise; receptive_fields handles chains of those"
@@ -179,3 +183,55 @@ def linearised(model: nn.Module) -> nn.Module:
         for p in lin.parameters():
             p.copy_(p.abs() + 0.01)
     return lin
+
+
+def _constant_positive(model: nn.Module) -> nn.Module:
+    """A float64 copy in which every path from input to output carries a positive signal: each
+    convolution and dense layer averages its inputs (weights 1/fan-in, no bias), normalisation
+    layers pass values through, max-pools average, and activations see only positive inputs
+    (ReLU, SiLU, GELU, tanh, sigmoid gates pass them with a positive slope). Its input gradient is
+    then non-zero exactly on the theoretical receptive field, whatever the branching."""
+    m = copy.deepcopy(model).double().eval()
+    for parent in m.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.MaxPool2d):
+                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, ceil_mode=child.ceil_mode))
+            elif isinstance(child, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.Dropout, nn.Dropout2d)):
+                setattr(parent, name, nn.Identity())  # pointwise or per-position: no spatial reach of its own
+            elif type(child).__name__ in ("LayerNorm2d", "StochasticDepth"):  # torchvision's ConvNeXt
+                setattr(parent, name, nn.Identity())
+    with torch.no_grad():
+        for mod in m.modules():
+            for name, p in mod.named_parameters(recurse=False):
+                if name == "bias":
+                    p.zero_()
+                elif name == "weight" and p.dim() >= 2:  # convolutions and dense layers: the mean of their inputs
+                    p.fill_(1.0 / p[0].numel())
+                else:  # gains and scales (ConvNeXt's layer scale, LeNet-5's subsampling coefficients)
+                    p.fill_(1.0)
+    return m
+
+
+def measured_receptive_field(model: nn.Module, layer: str | None = None, input_size: int = 512,
+                             in_channels: int = 3) -> tuple[int, int]:
+    """The theoretical receptive field of the centre unit of ``layer``, in pixels (rows,
+    columns), measured: the support of its input gradient in a constant-positive float64 copy
+    of ``model`` (see :func:`_constant_positive`). Works for any network, branching ones
+    (ResNet's skips, EfficientNet's squeeze-and-excitation) included, where the layer arithmetic
+    of :func:`receptive_fields` does not apply; on chains the two agree. ``layer`` None: the
+    model's own output. ``input_size`` must exceed the field, or the answer is the input's size."""
+    m = _constant_positive(model)
+    x = torch.ones(1, in_channels, input_size, input_size, dtype=torch.float64, device=model_device(model),
+                   requires_grad=True)
+    if layer:
+        with capture(m, [layer], detach=False) as acts:
+            m(x)
+        out = acts[layer]
+    else:
+        out = m(x)
+    if out.dim() != 4:
+        raise ValueError(f"{layer!r} gives a {tuple(out.shape)} output; pick a layer with a spatial (B, C, H, W) output")
+    (grad,) = torch.autograd.grad(out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum(), x)
+    seen = grad[0].abs().sum(0) > 0
+    rows, cols = seen.any(1).nonzero(), seen.any(0).nonzero()
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)

@@ -1,0 +1,109 @@
+"""Notebook 08: LeNet-5 as built in 1998, torchvision's ImageNet networks counted, receptive
+fields of branching networks, and deep stacks with and without skip connections."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab.models import ConvStack, DeepStack, LeNet5, SmallCNN, count_parameters
+from cnnlab.receptive_field import measured_receptive_field, receptive_fields
+
+
+def test_lenet5_has_the_papers_60000_parameters_up_to_f6_and_its_shapes():
+    m = LeNet5()
+    per_layer = {n: count_parameters(getattr(m, n)) for n in ("c1", "s2", "c3", "s4", "c5", "f6")}
+    assert per_layer == {"c1": 156, "s2": 12, "c3": 1516, "s4": 32, "c5": 48120, "f6": 10164}  # LeCun et al. 1998, section II.B
+    assert sum(per_layer.values()) == 60_000
+    out = m.c5(torch.nn.Sequential(*list(m.children())[:9])(torch.zeros(2, 1, 28, 28)))
+    assert out.shape == (2, 120, 1, 1)  # C5 meets a 5x5 input: one position, a dense layer in effect
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_lenet5_c3_sees_only_the_maps_of_its_connection_table():
+    from cnnlab.models import LENET5_C3_TABLE, PartialConv2d
+
+    torch.manual_seed(0)
+    conv = PartialConv2d(LENET5_C3_TABLE, 6, 5)
+    x = torch.randn(1, 6, 10, 10, requires_grad=True)
+    for j, inputs in enumerate(LENET5_C3_TABLE):
+        (grad,) = torch.autograd.grad(conv(x)[0, j].sum(), x)
+        seen = {i for i in range(6) if grad[0, i].abs().sum() > 0}
+        assert seen == set(inputs), f"map {j}"
+    # the same as a full convolution whose unconnected kernels are zero (built here kernel by kernel)
+    dense = torch.zeros(16, 6, 5, 5)
+    k = 0
+    for j, inputs in enumerate(LENET5_C3_TABLE):
+        for i in inputs:
+            dense[j, i] = conv.weight[k].detach()
+            k += 1
+    assert torch.allclose(conv(x), F.conv2d(x, dense, conv.bias), atol=1e-6)
+
+
+@pytest.mark.parametrize("model", [
+    SmallCNN(), LeNet5(), ConvStack(depth=4, pool_every=2), ConvStack(depth=3, dilation=2, padding=2),
+    ConvStack(depth=3, stride=2, padding=1, kernel=5),
+], ids=["small-cnn", "lenet5", "pooled", "dilated", "strided"])
+def test_measured_receptive_field_agrees_with_the_arithmetic_on_chains(model):
+    for row in receptive_fields(model, (1, 28, 28)):
+        if row.size[0] < 28:  # inside the image: the measurement sees all of it
+            assert measured_receptive_field(model, row.name, input_size=28, in_channels=1) == row.size, row.name
+
+
+def test_a_skip_connection_adds_paths_not_reach():
+    plain, residual = DeepStack(depth=4, width=4), DeepStack(depth=4, width=4, residual=True)
+    assert count_parameters(plain) == count_parameters(residual)
+    for m in (plain, residual):  # a stride-2 stem (3 px) + 4 convs 2 px apart: 19 pixels either way
+        assert measured_receptive_field(m, "relu2", input_size=28, in_channels=1) == (19, 19)
+    with pytest.raises(ValueError, match="even number"):
+        DeepStack(depth=3)
+
+
+def test_imagenet_networks_are_counted_not_quoted():
+    from cnnlab.scale import build, count_macs, imagenet_weights
+
+    resnet50 = build("resnet50")
+    assert count_parameters(resnet50) == 25_557_032  # the source's "around 25M"
+    top1 = {w["weights"]: w["top1"] for w in imagenet_weights("resnet50")}
+    assert top1 == {"IMAGENET1K_V1": 76.13, "IMAGENET1K_V2": 80.858}
+    resnet18 = build("resnet18")
+    documented = imagenet_weights("resnet18")[0]["gflops"]
+    assert count_macs(resnet18) / 1e9 == pytest.approx(documented, abs=0.001)  # torchvision's "GFLOPS" are MACs
+    with pytest.raises(ValueError, match="no model"):
+        build("resnet51")
+
+
+def test_branching_receptive_fields_match_the_published_values():
+    from cnnlab.scale import build
+
+    assert measured_receptive_field(build("alexnet").features, input_size=256) == (195, 195)
+    assert receptive_fields(build("alexnet").features, (3, 224, 224))[-1].size == (195, 195)
+    assert measured_receptive_field(build("resnet50"), "layer4", input_size=512) == (427, 427)
+
+
+def test_batch_losses_records_every_nth_batch(mnist_small):
+    from cnnlab.callbacks import BatchLosses
+    from cnnlab.models import LinearClassifier
+    from cnnlab.train import fit
+
+    train, test = mnist_small
+    rec = BatchLosses(every=5)
+    fit(LinearClassifier(), train, test, epochs=1, callbacks=[rec], progress=False, device="cpu")
+    assert rec.steps == list(range(5, math.ceil(len(train) / 64) + 1, 5))
+    assert all(math.isfinite(v) and v > 0 for v in rec.losses) and rec.losses[-1] < rec.losses[0]
+    with pytest.raises(ValueError, match="whole number"):
+        BatchLosses(every=0)
+
+
+def test_models_command_prints_the_table_and_json(capsys):
+    from cnnlab.__main__ import main
+
+    assert main(["models", "--names", "resnet18", "--no-time", "--no-rf", "--json"]) == 0
+    captured = capsys.readouterr()
+    row = json.loads(captured.out.strip().splitlines()[-1])["models"][0]
+    assert row["name"] == "resnet18" and row["parameters"] == 11_689_512 and row["top1"] == {"IMAGENET1K_V1": 69.758}
+    assert "resnet18" in captured.err and "11,689,512" in captured.err
+    assert main(["models", "--names", "resnet51", "--no-time", "--no-rf"]) == 2
+    assert "no model 'resnet51'" in capsys.readouterr().err

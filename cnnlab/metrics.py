@@ -5,6 +5,7 @@ predictions, and the test-set size a comparison needs."""
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 from statistics import NormalDist
 from typing import NamedTuple
@@ -110,7 +111,11 @@ def _solve(f, target: float) -> float:
 def accuracy_interval(correct: int, n: int, level: float = 0.95, method: str = "wilson") -> tuple[float, float]:
     """A ``level`` confidence interval for an accuracy of ``correct`` out of ``n`` test images:
     ``"wilson"`` (the score interval) or ``"exact"`` (Clopper-Pearson, never too narrow)."""
-    if not (isinstance(n, int) and n > 0 and isinstance(correct, int) and 0 <= correct <= n):
+    try:  # any whole number: Python's, NumPy's or a 0-d integer tensor's
+        correct, n = operator.index(correct), operator.index(n)
+    except TypeError:
+        raise ValueError(f"need whole numbers 0 <= correct <= n and n > 0, got correct={correct!r}, n={n!r}") from None
+    if not (n > 0 and 0 <= correct <= n):
         raise ValueError(f"need whole numbers 0 <= correct <= n and n > 0, got correct={correct!r}, n={n!r}")
     if not 0 < level < 1:
         raise ValueError(f"level is a probability such as 0.95, got {level}")
@@ -177,9 +182,12 @@ def simulated_power(accuracy_a: float, accuracy_b: float, n: int, *, alpha: floa
     of :func:`required_test_size` by simulation. With equal accuracies it is the false-alarm rate."""
     if not (isinstance(n, int) and n > 0 and isinstance(trials, int) and trials > 0):
         raise ValueError(f"n and trials must be whole numbers > 0, got n={n!r}, trials={trials!r}")
+    for name, v in (("accuracy_a", accuracy_a), ("accuracy_b", accuracy_b), ("alpha", alpha)):
+        if not 0 <= v <= 1:
+            raise ValueError(f"{name} must be between 0 and 1, got {v}")
     gen = torch.Generator().manual_seed(seed)
-    errors = [torch.binomial(torch.full((trials,), float(n), dtype=torch.float64),
-                             torch.full((trials,), 1 - acc, dtype=torch.float64), generator=gen)
+    errors = [torch.binomial(torch.full((trials,), float(n), dtype=torch.float64, device="cpu"),
+                             torch.full((trials,), 1 - acc, dtype=torch.float64, device="cpu"), generator=gen)
               for acc in (accuracy_a, accuracy_b)]
     pooled = (errors[0] + errors[1]) / (2 * n)
     se = torch.sqrt(pooled * (1 - pooled) * 2 / n)

@@ -9,6 +9,7 @@ source text's table from the series' saved runs, training what is missing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -31,26 +32,44 @@ class Row:
     label: str
     errors: int
     n: int
-    interval: tuple[float, float]  # a 95% (Wilson) interval on the error rate
+    interval: tuple[float, float]  # a Wilson interval on the error rate, at ``level``
     reduction: float | None  # the previous row's errors / this row's ("4x fewer errors")
     only_previous: int | None  # images the previous row gets right and this one wrong
     only_this: int | None  # and the reverse: McNemar counts only these two
     p_value: float | None  # McNemar's exact test against the previous row (paired on the same images)
     extra: dict = field(default_factory=dict)  # parameters, training time, the source's number, ...
+    level: float = 0.95  # the interval's confidence level
+
+    @property
+    def change(self) -> str:
+        """The reduction factor in words: "2.03x fewer", "1.11x more", "same", "none left", "from none"."""
+        if self.reduction is None:
+            return ""
+        if self.reduction == 1:
+            return "same"
+        if math.isinf(self.reduction):
+            return "none left"
+        if self.reduction == 0:
+            return "from none"
+        return f"{self.reduction:.2f}x fewer" if self.reduction > 1 else f"{1 / self.reduction:.2f}x more"
 
     @property
     def error(self) -> float:
+        """The test error rate: errors / n."""
         return self.errors / self.n
 
     @property
     def accuracy(self) -> float:
+        """The test accuracy: 1 - error."""
         return 1 - self.error
 
     @property
     def per_million(self) -> float:
+        """Errors per million images at this accuracy."""
         return errors_per_million(self.accuracy)
 
     def to_dict(self) -> dict:
+        """Every field and the derived rates, for JSON."""
         return asdict(self) | {"error": self.error, "accuracy": self.accuracy, "errors_per_million": self.per_million}
 
 
@@ -68,10 +87,16 @@ def compare(correct: Mapping[str, Tensor], level: float = 0.95) -> list[Row]:
         lo, hi = accuracy_interval(n - errors, n, level)
         test = mcnemar(previous, right) if previous is not None else None
         prev_errors = rows[-1].errors if rows else None
-        reduction = None if prev_errors is None else (prev_errors / errors if errors else float("inf"))
+        if prev_errors is None:
+            reduction = None
+        elif errors == 0:
+            reduction = 1.0 if prev_errors == 0 else float("inf")
+        else:
+            reduction = prev_errors / errors
         error = errors / n  # (an interval's ends can round past a count of 0 or n)
         rows.append(Row(label, errors, n, (min(1 - hi, error), max(1 - lo, error)), reduction,
-                        test.only_a if test else None, test.only_b if test else None, test.p_value if test else None))
+                        test.only_a if test else None, test.only_b if test else None, test.p_value if test else None,
+                        level=level))
         previous = right
     return rows
 
@@ -79,11 +104,11 @@ def compare(correct: Mapping[str, Tensor], level: float = 0.95) -> list[Row]:
 def format_rows(rows: Sequence[Row], *, source: bool = False) -> str:
     """The rows as a plain-text table (``source``: with the source text's column)."""
     width = max(len(r.label) for r in rows)
-    head = (f"{'model':<{width}}  {'test error':>10}  {'errors':>11}  {'95% interval':>15}  {'per million':>11}  "
+    head = (f"{'model':<{width}}  {'test error':>10}  {'errors':>11}  {f'{rows[0].level:.0%} interval':>15}  {'per million':>11}  "
             f"{'vs previous':>11}  {'McNemar p':>9}")
     lines = [head + ("  source text" if source else ""), "-" * (len(head) + (13 if source else 0))]
     for r in rows:
-        vs = "" if r.reduction is None else f"{r.reduction:.2f}x fewer" if r.reduction >= 1 else f"{1 / r.reduction:.2f}x more"
+        vs = r.change
         p = "" if r.p_value is None else f"{r.p_value:.2g}" if r.p_value >= 1e-4 else "< 0.0001"
         line = (f"{r.label:<{width}}  {r.error:>10.2%}  {r.errors:>5,} / {r.n:<5,}  "
                 f"{r.interval[0]:>6.2%} - {r.interval[1]:<6.2%}  {r.per_million:>11,.0f}  {vs:>11}  {p:>9}")
@@ -112,32 +137,31 @@ class Report:
     probs: dict[str, Tensor]
 
     def row(self, label: str) -> Row:
+        """The row called ``label``."""
         return next(r for r in self.rows if r.label == label)
 
     def __str__(self) -> str:
+        """The table with the source text's column."""
         return format_rows(self.rows, source=True)
 
 
 def series_report(train_set: ImageSet, test_set: ImageSet, *, device: str | None = None,
                   seeds: Sequence[int] = ENSEMBLE_SEEDS) -> Report:
     """The source's table from the series' saved runs (each trained now if missing): linear,
-    MLP, small CNN, the modern CNN (seed ``seeds[0]``), and the ensemble of the modern CNNs of
-    ``seeds`` (their probabilities averaged)."""
+    MLP, small CNN and the modern CNN as the notebooks train them (seed 0), then the ensemble of
+    the modern CNNs of ``seeds`` (their probabilities averaged)."""
     if not seeds:
         raise ValueError("seeds: give at least one seed for the modern CNN")
     probs, extra = {}, {}
     for name, label, source_error, source_reduction in SOURCE_TABLE:
-        model, history = load_series_run(name, train_set, test_set, device=device, seed=seeds[0])
+        model, history = load_series_run(name, train_set, test_set, device=device, seed=0)
         probs[label] = predict(model, test_set)
         extra[label] = {"run": name, "parameters": count_parameters(model), "train_seconds": history.seconds,
                         "trained_on": history.device, "source_error": source_error, "source_reduction": source_reduction}
-    members = {seeds[0]: model}
-    for seed in seeds[1:]:
-        members[seed], history = load_series_run("modern-cnn", train_set, test_set, device=device, seed=seed)
-    label = f"Ensemble of {len(seeds)} modern CNNs"
-    probs[label] = predict_ensemble(list(members.values()), test_set)
-    extra[label] = {"run": "modern-cnn", "seeds": list(seeds),
-                    "parameters": sum(count_parameters(m) for m in members.values())}
+    members = [load_series_run("modern-cnn", train_set, test_set, device=device, seed=seed)[0] for seed in seeds]
+    label = f"Ensemble of {len(seeds)} modern CNN{'s' if len(seeds) > 1 else ''}"
+    probs[label] = predict_ensemble(members, test_set)
+    extra[label] = {"run": "modern-cnn", "seeds": list(seeds), "parameters": sum(count_parameters(m) for m in members)}
     correct = {label: p.argmax(1) == test_set.y.cpu() for label, p in probs.items()}
     rows = [Row(**{**asdict(r), "extra": extra[r.label]}) for r in compare(correct)]
     return Report(rows, correct, probs)

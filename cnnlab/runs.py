@@ -67,7 +67,7 @@ SERIES_MODELS: dict[str, tuple[str, dict]] = {
 LADDER: tuple[tuple[str, str], ...] = (
     ("small-cnn", "small CNN (notebook 05)"),
     ("small-cnn-bn", "+ BatchNorm"),
-    ("modern-cnn-plain", "+ all-conv body, global average pooling"),
+    ("modern-cnn-plain", "+ deeper conv body, global average pooling"),
     ("modern-cnn-aug", "+ augmentation"),
     ("modern-cnn-ls", "+ label smoothing 0.1"),
     ("modern-cnn", "+ longer one-cycle schedule (10 epochs)"),

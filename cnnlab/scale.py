@@ -92,6 +92,8 @@ def inference_seconds(model: nn.Module, input_shape: tuple[int, int, int] = (3, 
 
 @dataclass(frozen=True)
 class ModelRow:
+    """One architecture, counted (see :func:`model_row`)."""
+
     name: str
     description: str
     parameters: int
@@ -104,11 +106,13 @@ class ModelRow:
 
     @property
     def rf_text(self) -> str:
+        """The receptive field for a table: ">= 512" where it filled the input it was measured on."""
         if self.receptive_field is None:
             return ""
         return f">= {self.receptive_field}" if self.receptive_field >= self.rf_input else str(self.receptive_field)
 
     def to_dict(self) -> dict:
+        """Every field, for JSON."""
         return asdict(self)
 
 

@@ -14,7 +14,7 @@ NOTEBOOKS: tuple[tuple[str, str, str, str], ...] = (
     ("05", "05_small_cnn", "The small CNN, trained live", "live dashboard: curves, filters, feature maps; draw your own digit"),
     ("06", "06_modern_cnn", "A modern CNN with augmentation", "an ablation ladder from the small CNN: BatchNorm, global pooling, augmentation; seeds and an ensemble; structure, not size"),
     ("07", "07_accuracy_report", "Reading an accuracy report", "the source's table rebuilt: errors per million, intervals, McNemar, seeds, test-set size, every error"),
-    ("08", "08_cnns_at_scale", "CNNs at scale", "LeNet-5 to ConvNeXt: parameters, FLOPs, receptive fields counted"),
+    ("08", "08_cnns_at_scale", "CNNs at scale", "LeNet-5 to ConvNeXt counted: parameters, MACs, top-1, receptive fields; skip connections measured"),
     ("09", "09_transfer_learning", "Same backbone, new data", "Fashion-MNIST; from scratch vs pretrained; label noise; data versions"),
 )
 

@@ -421,6 +421,9 @@ def plot_error_ladder(rows: Sequence, *, ax: Axes | None = None, title: str = ""
     """Test errors of :func:`cnnlab.report.compare`'s rows, top to bottom, each with its 95%
     interval, and McNemar's p-value against the row above: a gap is real where p is small.
     ``log``: a logarithmic error axis (default: when the errors span more than 5x)."""
+    if len({r.n for r in rows}) != 1:
+        raise ValueError(f"rows scored on different numbers of test images ({sorted({r.n for r in rows})}): "
+                         "compare models on the same test set")
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.2))
     n = rows[0].n
@@ -430,7 +433,7 @@ def plot_error_ladder(rows: Sequence, *, ax: Axes | None = None, title: str = ""
     y = list(range(len(rows)))
     ax.errorbar(errors, y, xerr=[[e - a for e, a in zip(errors, lo)], [b - e for e, b in zip(errors, hi)]],
                 fmt="o", color="tab:blue", ecolor="tab:blue", capsize=4)
-    logarithmic = log if log is not None else max(errors) > 5 * max(min(errors), 1)
+    logarithmic = (log if log is not None else max(errors) > 5 * max(min(errors), 1)) and min(errors) > 0  # 0 has no log
     if logarithmic:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
@@ -443,7 +446,7 @@ def plot_error_ladder(rows: Sequence, *, ax: Axes | None = None, title: str = ""
     ax.set_yticks(y, [r.label for r in rows], fontsize=9)
     ax.invert_yaxis()
     ax.set_xlim(max(min(lo), 0.5) * 0.7 if logarithmic else 0, max(hi) * (6 if logarithmic else 1.7))
-    ax.set(xlabel=f"test errors out of {n:,} (fewer is better; bars: 95% intervals)" + (", log scale" if logarithmic else ""),
+    ax.set(xlabel=f"test errors out of {n:,} (fewer is better; bars: {rows[0].level:.0%} intervals)" + (", log scale" if logarithmic else ""),
            title=title or "test errors, each row against the row above")
     ax.grid(axis="x", alpha=0.3)
     return ax

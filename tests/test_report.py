@@ -103,7 +103,8 @@ def test_error_flagger_lists_every_error_and_recounts_when_flagged(mnist_small):
     assert "<b>3</b> errors" in box.summary.value
     box.toggles[box.index.index(42)].value = True
     assert box.flagged() == [42]
-    assert f"2 errors, accuracy {1 - 2 / len(test):.2%}" in box.summary.value
+    n = len(test)
+    assert f"2 errors on {n - 1:,} images, accuracy {1 - 2 / (n - 1):.2%}" in box.summary.value
     with pytest.raises(ValueError, match="one row of class probabilities"):
         error_flagger(test, probs[:10])
 
@@ -153,10 +154,10 @@ def test_report_trains_what_is_missing_then_loads_it(tmp_path):
     assert result["test_images"] == 300 and result["smoke"] is True
     assert all(r["n"] == 300 and 0 <= r["errors"] <= 300 for r in result["rows"])
     assert result["rows"][0]["extra"]["source_error"] == 0.08
-    assert first.stderr.count("training it now") == 5
+    assert first.stderr.count("training it now") == 5  # linear, MLP, small CNN, modern CNN seeds 0 and 1
     second = _report_cli(cache=tmp_path)
     assert second.returncode == 0 and "training it now" not in second.stdout
-    assert second.stdout.count("loaded the saved run") == 5
+    assert second.stdout.count("loaded the saved run") == 6  # the modern CNN of seed 0 twice: its row, and the ensemble
     for r in result["rows"]:  # the same models: the same counts in the printed table
         assert f"{r['errors']:>5,} / 300" in second.stdout
 
@@ -166,3 +167,37 @@ def test_report_refuses_an_empty_ensemble(capsys):
 
     assert main(["report", "--seeds", "0"]) == 2
     assert "at least one modern CNN" in capsys.readouterr().err
+
+
+def test_rows_with_no_errors_are_read_in_words_not_divided_by_zero():
+    rows = compare({"A": _correct(100, []), "B": _correct(100, []), "C": _correct(100, [1, 2]),
+                    "D": _correct(100, [1, 2]), "E": _correct(100, [])})
+    assert [r.change for r in rows] == ["", "same", "from none", "same", "none left"]
+    table = format_rows(rows)
+    assert "none left" in table and "from none" in table
+    assert rows[0].interval[0] == 0 and rows[0].interval[1] > 0
+
+
+def test_the_interval_level_is_carried_to_the_table_and_the_picture():
+    from cnnlab.viz import plot_error_ladder
+
+    rows = compare({"A": _correct(1000, range(20)), "B": _correct(1000, range(5))}, level=0.99)
+    wider = compare({"A": _correct(1000, range(20))}, level=0.999)[0]
+    assert wider.interval[1] - wider.interval[0] > rows[0].interval[1] - rows[0].interval[0]
+    assert "99% interval" in format_rows(rows)
+    ax = plot_error_ladder(rows)
+    assert "99% intervals" in ax.get_xlabel()
+    with pytest.raises(ValueError, match="same test set"):
+        plot_error_ladder([*rows, *compare({"X": _correct(10, [])})])
+    plt.close("all")
+
+
+def test_accuracy_interval_takes_numpy_and_tensor_integers():
+    import numpy as np
+
+    from cnnlab.metrics import accuracy_interval
+
+    assert accuracy_interval(np.int64(990), np.int64(1000)) == accuracy_interval(990, 1000)
+    assert accuracy_interval(torch.tensor(990), 1000) == accuracy_interval(990, 1000)
+    with pytest.raises(ValueError, match="whole numbers"):
+        accuracy_interval(990.5, 1000)

@@ -366,11 +366,14 @@ def _interact_06(page, views) -> None:
     view = views.filter(has_text="draw again").first
     summary = view.locator(".widget-html", has_text="random versions").first
     before, before_img = summary.inner_text(), image_src(view)
+    assert "up to 10° either way" in before
     view.get_by_role("button", name=re.compile("draw again")).click()
     after_img = wait_for_change(lambda: image_src(view), before_img, "the augmentation gallery after 'draw again'")
-    press_slider(page, view, "rotate", "ArrowRight", 4)  # 10° -> 30°
-    wait_for_change(lambda: summary.inner_text(), before, "the gallery's description after moving 'rotate'")
-    assert "30°" in summary.inner_text()
+    press_slider(page, view, "rotate", "ArrowRight", 4)  # 10° -> 30°, in steps of 5°
+    deadline = time.monotonic() + 30
+    while "up to 30° either way" not in summary.inner_text():
+        assert time.monotonic() < deadline, f"the rotate slider did not reach 30°: {summary.inner_text()!r}"
+        time.sleep(0.2)
     wait_for_change(lambda: image_src(view), after_img, "the gallery after moving 'rotate'")
     screenshot(view, ARTIFACTS / "06_modern_cnn-rotated.png")
 

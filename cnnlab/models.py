@@ -241,10 +241,10 @@ class LeNet5(_Model):
     """LeNet-5 as LeCun, Bottou, Bengio and Haffner built it (1998) on 32x32 inputs: C1 (6 maps,
     5x5), S2 (trainable subsampling), C3 (16 maps, each seeing some of S2's maps), S4, C5 (120
     maps, 5x5: a convolution, but on a 5x5 input it acts as a dense layer), F6 (84 units),
-    scaled tanh throughout: 60,000 trainable parameters up to F6, as the paper counts. Two
-    changes, said plainly: MNIST's 28x28 digits are padded to 32x32 here, and the output is a
-    dense layer trained with cross-entropy instead of the paper's fixed RBF units (850 more
-    parameters)."""
+    scaled tanh throughout: 60,000 trainable parameters up to F6, as the paper counts. MNIST's
+    28x28 digits are padded to 32x32, as the paper's were. One change, said plainly: the output
+    is a dense layer trained with cross-entropy instead of the paper's fixed RBF units (850
+    more parameters)."""
 
     name = "lenet5"
 

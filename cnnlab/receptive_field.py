@@ -196,9 +196,14 @@ def _constant_positive(model: nn.Module) -> nn.Module:
         for name, child in parent.named_children():
             if isinstance(child, nn.MaxPool2d):
                 setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, ceil_mode=child.ceil_mode))
-            elif isinstance(child, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.Dropout, nn.Dropout2d)):
-                setattr(parent, name, nn.Identity())  # pointwise or per-position: no spatial reach of its own
-            elif type(child).__name__ in ("LayerNorm2d", "StochasticDepth"):  # torchvision's ConvNeXt
+            elif isinstance(child, (nn.GroupNorm, nn.InstanceNorm2d)):
+                raise TypeError(f"{name} ({type(child).__name__}) normalises over positions: its output depends on the "
+                                "whole image, which a gradient support cannot tell from the layers' reach")
+            elif isinstance(child, (nn.BatchNorm2d, nn.LayerNorm, nn.Dropout, nn.Dropout2d)):
+                # BatchNorm in eval mode is pointwise; torchvision's LayerNorms normalise each position over
+                # its channels (ConvNeXt runs them channels-last): no spatial reach of their own
+                setattr(parent, name, nn.Identity())
+            elif type(child).__name__ in ("LayerNorm2d", "StochasticDepth", "FrozenBatchNorm2d"):
                 setattr(parent, name, nn.Identity())
     with torch.no_grad():
         for mod in m.modules():
@@ -234,4 +239,7 @@ def measured_receptive_field(model: nn.Module, layer: str | None = None, input_s
     (grad,) = torch.autograd.grad(out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum(), x)
     seen = grad[0].abs().sum(0) > 0
     rows, cols = seen.any(1).nonzero(), seen.any(0).nonzero()
+    if len(rows) == 0:
+        raise ValueError(f"no input pixel moves {layer or 'the output'}'s centre unit: an activation saturated (a "
+                         "tanh or sigmoid far from 0) or a layer cut every path; this method cannot measure it")
     return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)

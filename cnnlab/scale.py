@@ -118,14 +118,15 @@ class ModelRow:
 
 def model_row(name: str, *, device: str | None = None, time_it: bool = True, receptive_field: bool = True,
               rf_input: int = 512) -> ModelRow:
-    """One architecture counted: parameters, MACs per 224x224 image, published top-1, CPU (or
-    ``device``) time per image, and the measured receptive field of its last feature map."""
+    """One architecture counted: parameters, MACs per 224x224 image, published top-1, the time
+    per image on ``device`` (default: the CPU, the question being what a CPU costs), and the
+    measured receptive field of its last feature map (in float64, on the CPU)."""
     from cnnlab.device import pick_device
     from cnnlab.receptive_field import measured_receptive_field
 
     layer, description = ARCHITECTURES.get(name, (None, name))
     dev = pick_device(device if device is not None else "cpu")
-    model = build(name).to(dev)
+    model = build(name)  # on the CPU: the counts and the float64 field do not depend on the device
     rf, size = None, rf_input
     if receptive_field and layer is not None:
         for size in (rf_input // 2, rf_input):  # the smaller input first: float64 on big inputs is slow
@@ -135,7 +136,7 @@ def model_row(name: str, *, device: str | None = None, time_it: bool = True, rec
     return ModelRow(
         name=name, description=description, parameters=count_parameters(model), macs=count_macs(model),
         top1={w["weights"]: w["top1"] for w in imagenet_weights(name) if _known(w["top1"])},  # not VGG's FEATURES
-        seconds_per_image=inference_seconds(model) if time_it else None, receptive_field=rf, device=str(dev),
+        seconds_per_image=inference_seconds(model.to(dev)) if time_it else None, receptive_field=rf, device=str(dev),
         rf_input=size,
     )
 

@@ -57,6 +57,13 @@ def test_a_skip_connection_adds_paths_not_reach():
     assert count_parameters(plain) == count_parameters(residual)
     for m in (plain, residual):  # a stride-2 stem (3 px) + 4 convs 2 px apart: 19 pixels either way
         assert measured_receptive_field(m, "relu2", input_size=28, in_channels=1) == (19, 19)
+    with torch.no_grad():  # a block whose convolutions give 0 leaves a residual stack's signal as it was
+        for block in (residual.block1, plain.block1):
+            for p in block.parameters():
+                p.zero_()
+    x = torch.relu(residual.stem(torch.randn(2, 1, 28, 28)))
+    assert torch.allclose(residual.relu1(residual.block1(x)), x)
+    assert not torch.allclose(plain.relu1(plain.block1(x)), x)
     with pytest.raises(ValueError, match="even number"):
         DeepStack(depth=3)
 
@@ -78,9 +85,41 @@ def test_imagenet_networks_are_counted_not_quoted():
 def test_branching_receptive_fields_match_the_published_values():
     from cnnlab.scale import build
 
-    assert measured_receptive_field(build("alexnet").features, input_size=256) == (195, 195)
+    assert measured_receptive_field(build("alexnet").features, input_size=256) == (195, 195)  # Araujo et al. 2019
     assert receptive_fields(build("alexnet").features, (3, 224, 224))[-1].size == (195, 195)
+    # torchvision's ResNet-50 strides in the 3x3 convolutions ("v1.5"): 427; the original (483) in the 1x1s
     assert measured_receptive_field(build("resnet50"), "layer4", input_size=512) == (427, 427)
+
+
+def test_squeeze_and_excitation_makes_the_field_global_and_layernorm_does_not():
+    from cnnlab.scale import build
+
+    effnet = build("efficientnet_b0")
+    for size in (48, 96):  # the first block's convolutions alone see 7 px; its SE gate sees everything
+        assert measured_receptive_field(effnet, "features.1", input_size=size) == (size, size)
+    # ConvNeXt's first stage: a 4x4 stride-4 stem, then three blocks of 7x7 depthwise convolutions
+    # (LayerNorm per position in between): 4 + 3 * 6 * 4 = 76 pixels
+    assert measured_receptive_field(build("convnext_tiny"), "features.1", input_size=128) == (76, 76)
+
+
+def test_a_normalisation_over_positions_or_a_dead_path_is_refused_with_the_reason():
+    gn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 4))
+    with pytest.raises(TypeError, match="normalises over positions"):
+        measured_receptive_field(gn, input_size=16, in_channels=1)
+    dead = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Sigmoid(), torch.nn.Hardtanh(-1, 0.5))
+    with pytest.raises(ValueError, match="no input pixel"):
+        measured_receptive_field(dead, input_size=16, in_channels=1)
+
+
+def test_a_model_row_measures_again_on_a_bigger_input_when_the_field_fills_it():
+    from cnnlab.scale import format_models, model_row
+
+    row = model_row("resnet18", time_it=False, rf_input=256)  # 435 px: fills 128, then 256
+    assert (row.receptive_field, row.rf_input, row.rf_text) == (256, 256, ">= 256")
+    row = model_row("alexnet", time_it=False, rf_input=512)  # 195 px: fits the first try, 256
+    assert (row.receptive_field, row.rf_input, row.rf_text) == (195, 256, "195")
+    table = format_models([row])
+    assert "61,100,840" in table and "56.52% (V1)" in table and table.splitlines()[-1].endswith("195")
 
 
 def test_batch_losses_records_every_nth_batch(mnist_small):

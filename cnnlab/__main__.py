@@ -60,6 +60,14 @@ def interrupted_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.interrupted{path.suffix or '.pt'}")
 
 
+def _check_limits(args) -> None:
+    """``--limit-train`` / ``--limit-test``: a positive number of examples, or absent."""
+    for name in ("limit_train", "limit_test"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: limit must be a positive number of examples, "
+                             f"got {getattr(args, name)}")
+
+
 def _train(args) -> int:
     from cnnlab import data
     from cnnlab.checkpoint import save_checkpoint
@@ -77,10 +85,7 @@ def _train(args) -> int:
     make_config(**settings)  # bad settings are refused before any data is read
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
-    for name in ("limit_train", "limit_test"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: limit must be a positive number of examples, "
-                             f"got {getattr(args, name)}")
+    _check_limits(args)
     if args.save:  # an impossible place is refused now, not after training; ~ is expanded as checked
         args.save = str(check_writable(args.save, "checkpoint"))
         check_writable(interrupted_path(args.save), "checkpoint")
@@ -156,10 +161,7 @@ def _report(args) -> int:
 
     if args.seeds < 1:
         raise ValueError(f"--seeds: the ensemble needs at least one modern CNN, got {args.seeds}")
-    for name in ("limit_train", "limit_test"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: limit must be a positive number of examples, "
-                             f"got {getattr(args, name)}")
+    _check_limits(args)
     out = sys.stderr if args.json else sys.stdout
     seeds = tuple(range(args.seeds))  # as notebook 06: the modern CNN with seeds 0, 1, 2, ...
     train_set = data.load("mnist", "train", limit=args.limit_train)

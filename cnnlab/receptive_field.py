@@ -169,6 +169,11 @@ def erf_extent(erf: Tensor, centre: tuple[int, int], fraction: float = 0.9) -> i
     return 2 * max(erf.shape) + 1
 
 
+def _as_average_pool(pool: nn.MaxPool2d) -> nn.AvgPool2d:
+    """The average-pool that reaches the same pixels as ``pool``: every pixel it could pick gets a share."""
+    return nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode)
+
+
 def linearised(model: nn.Module) -> nn.Module:
     """A copy whose gradients show the theoretical receptive field exactly: ReLUs become the
     identity, max-pools average-pools, and every weight is made positive, so no path cancels."""
@@ -178,7 +183,7 @@ def linearised(model: nn.Module) -> nn.Module:
             if isinstance(child, _POINTWISE) and not isinstance(child, nn.BatchNorm2d):
                 setattr(parent, name, nn.Identity())
             elif isinstance(child, nn.MaxPool2d):
-                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+                setattr(parent, name, _as_average_pool(child))
     with torch.no_grad():
         for p in lin.parameters():
             p.copy_(p.abs() + 0.01)
@@ -195,7 +200,7 @@ def _constant_positive(model: nn.Module) -> nn.Module:
     for parent in m.modules():
         for name, child in parent.named_children():
             if isinstance(child, nn.MaxPool2d):
-                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, ceil_mode=child.ceil_mode))
+                setattr(parent, name, _as_average_pool(child))
             elif isinstance(child, (nn.GroupNorm, nn.InstanceNorm2d)):
                 raise TypeError(f"{name} ({type(child).__name__}) normalises over positions: its output depends on the "
                                 "whole image, which a gradient support cannot tell from the layers' reach")

@@ -136,10 +136,6 @@ class Report:
     correct: dict[str, Tensor]
     probs: dict[str, Tensor]
 
-    def row(self, label: str) -> Row:
-        """The row called ``label``."""
-        return next(r for r in self.rows if r.label == label)
-
     def __str__(self) -> str:
         """The table with the source text's column."""
         return format_rows(self.rows, source=True)
@@ -152,13 +148,14 @@ def series_report(train_set: ImageSet, test_set: ImageSet, *, device: str | None
     the modern CNNs of ``seeds`` (their probabilities averaged)."""
     if not seeds:
         raise ValueError("seeds: give at least one seed for the modern CNN")
-    probs, extra = {}, {}
+    probs, extra, models = {}, {}, {}
     for name, label, source_error, source_reduction in SOURCE_TABLE:
-        model, history = load_series_run(name, train_set, test_set, device=device, seed=0)
-        probs[label] = predict(model, test_set)
-        extra[label] = {"run": name, "parameters": count_parameters(model), "train_seconds": history.seconds,
+        models[name], history = load_series_run(name, train_set, test_set, device=device, seed=0)
+        probs[label] = predict(models[name], test_set)
+        extra[label] = {"run": name, "parameters": count_parameters(models[name]), "train_seconds": history.seconds,
                         "trained_on": history.device, "source_error": source_error, "source_reduction": source_reduction}
-    members = [load_series_run("modern-cnn", train_set, test_set, device=device, seed=seed)[0] for seed in seeds]
+    members = [models["modern-cnn"] if seed == 0 else  # its row's model: loaded (and checked) once
+               load_series_run("modern-cnn", train_set, test_set, device=device, seed=seed)[0] for seed in seeds]
     label = f"Ensemble of {len(seeds)} modern CNN{'s' if len(seeds) > 1 else ''}"
     probs[label] = predict_ensemble(members, test_set)
     extra[label] = {"run": "modern-cnn", "seeds": list(seeds), "parameters": sum(count_parameters(m) for m in members)}

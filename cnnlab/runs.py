@@ -20,6 +20,7 @@ from cnnlab import cache_dir, smoke_mode
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.data import ImageSet
 from cnnlab.device import pick_device
+from cnnlab.models import create_model
 from cnnlab.train import History, evaluate, fit, make_config, seed_everything
 
 __all__ = [
@@ -87,10 +88,9 @@ def series_settings(name: str, device: str | None = None) -> dict:
     settings["device"] = device
     return settings
 
+
 def series_model(name: str) -> nn.Module:
     """A fresh model for the saved run ``name`` (a key of :data:`SERIES_MODELS`)."""
-    from cnnlab.models import create_model
-
     if name not in SERIES_MODELS:
         raise ValueError(f"no series model called {name!r}; choose one of: {', '.join(SERIES_MODELS)}")
     model_name, kwargs = SERIES_MODELS[name]

@@ -448,9 +448,8 @@ def _gallery_png(gallery: Tensor, zoom: int = 2, gap: int = 4) -> bytes:
     draw = ImageDraw.Draw(canvas)
     for r in range(rows):
         for c in range(cols):
-            pixels = ((1 - gallery[r, c, 0].clamp(0, 1)) * 255).round().to(dtype=torch.uint8).numpy()
             left, top = gap + c * cell_w, gap + r * cell_h
-            canvas.paste(Image.fromarray(pixels).convert("RGB").resize((w * zoom, h * zoom), Image.NEAREST), (left, top))
+            canvas.paste(_ink_image(gallery[r, c], zoom).convert("RGB"), (left, top))
             if c == 0:
                 draw.rectangle([left - 2, top - 2, left + w * zoom + 1, top + h * zoom + 1], outline=(255, 127, 14), width=2)
     buf = io.BytesIO()
@@ -458,13 +457,18 @@ def _gallery_png(gallery: Tensor, zoom: int = 2, gap: int = 4) -> bytes:
     return buf.getvalue()
 
 
-def _digit_png(image: Tensor, zoom: int = 3) -> bytes:
-    """One grey image (values 0-1, ink dark) as a small PNG, without matplotlib (fast for a gallery)."""
+def _ink_image(image: Tensor, zoom: int):
+    """One grey image (1, H, W), values 0-1, as a PIL image with dark ink, each pixel ``zoom`` x ``zoom``."""
     from PIL import Image
 
-    pixels = ((1 - image.clamp(0, 1)) * 255).round().to(dtype=torch.uint8).squeeze(0).numpy()
+    pixels = ((1 - image.clamp(0, 1)) * 255).round().to(dtype=torch.uint8).squeeze(0).cpu().numpy()
+    return Image.fromarray(pixels).resize((pixels.shape[1] * zoom, pixels.shape[0] * zoom), Image.NEAREST)
+
+
+def _digit_png(image: Tensor, zoom: int = 3) -> bytes:
+    """One grey image (values 0-1, ink dark) as a small PNG, without matplotlib (fast for a gallery)."""
     buf = io.BytesIO()
-    Image.fromarray(pixels).resize((pixels.shape[1] * zoom, pixels.shape[0] * zoom), Image.NEAREST).save(buf, "png")
+    _ink_image(image, zoom).save(buf, "png")
     return buf.getvalue()
 
 

@@ -161,28 +161,30 @@ def _prompts(page) -> list[str]:
     return page.eval_on_selector_all(".jp-Notebook .jp-CodeCell .jp-InputPrompt", "els => els.map(e => e.textContent.trim())")
 
 
+def _menu_until(page, menu: str, item: str, prompts_test: str, tries: int = 3) -> None:
+    """Choose ``menu`` > ``item`` until the cells' input prompts pass ``prompts_test`` (a JS array
+    method call): a page still settling, or a kernel still starting, can drop the first request."""
+    for attempt in range(tries):
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{re.escape(menu)}$")).click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(item)}$")).click()
+        try:
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]" + prompts_test,
+                timeout=30_000)
+            return
+        except Exception:
+            if attempt == tries - 1:
+                raise
+
+
 def open_and_run_all(page, lab: str, name: str) -> None:
     """Open a notebook, wait for its kernel, run all cells, wait until every cell has run."""
     page.goto(f"{lab}/lab/tree/{name}?reset")  # ?reset: a fresh layout, not the last test's tabs
     page.wait_for_selector(".jp-Notebook .jp-CodeCell")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
     # Clear the stored outputs first, so every prompt and output seen afterwards is from this run.
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Edit$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Clear Outputs of All Cells$")).click()
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
-        ".every(e => !/\\[\\d+\\]/.test(e.textContent))", timeout=30_000)
-    for attempt in range(3):  # a kernel still starting can miss the first request: ask again
-        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-        try:
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
-                ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))", timeout=30_000)
-            break
-        except Exception:
-            if attempt == 2:
-                raise
+    _menu_until(page, "Edit", "Clear Outputs of All Cells", ".every(e => !/\\[\\d+\\]/.test(e.textContent))")
+    _menu_until(page, "Run", "Run All Cells", ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while True:
         prompts = _prompts(page)

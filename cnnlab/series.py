@@ -15,7 +15,7 @@ NOTEBOOKS: tuple[tuple[str, str, str, str], ...] = (
     ("06", "06_modern_cnn", "A modern CNN with augmentation", "an ablation ladder from the small CNN: BatchNorm, global pooling, augmentation; seeds and an ensemble; structure, not size"),
     ("07", "07_accuracy_report", "Reading an accuracy report", "the source's table rebuilt: errors per million, intervals, McNemar, seeds, test-set size, every error"),
     ("08", "08_cnns_at_scale", "CNNs at scale", "LeNet-5 to ConvNeXt counted: parameters, MACs, top-1, receptive fields; skip connections measured"),
-    ("09", "09_transfer_learning", "Same backbone, new data", "Fashion-MNIST; from scratch vs pretrained; label noise; data versions"),
+    ("09", "09_transfer_learning", "Same backbone, new data", "real ImageNet weights, offline; 2,000 product photos: from scratch vs linear probe vs fine-tuning; learning curves; label noise; data versions"),
 )
 
 

@@ -214,10 +214,42 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def _param_groups(model: nn.Module, param_groups: Sequence[dict[str, Any]] | None, cfg: TrainConfig) -> list[dict]:
+    """The optimizer's groups: the trainable parameters (``requires_grad``), each group at
+    ``lr * lr_scale``; a clear error for a group that trains nothing or a parameter given twice."""
+    given = [{"params": model.parameters()}] if param_groups is None else list(param_groups)
+    groups, seen = [], set()
+    for i, g in enumerate(given):
+        unknown = set(g) - {"params", "lr_scale"}
+        if unknown:
+            raise ValueError(f"param_groups[{i}] has {sorted(unknown)}; a group takes 'params' and 'lr_scale' "
+                             "(a multiple of lr)")
+        scale = g.get("lr_scale", 1.0)
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"param_groups[{i}]: lr_scale must be a positive number, got {scale!r}")
+        params = [p for p in g["params"] if p.requires_grad]
+        if any(id(p) in seen for p in params):
+            raise ValueError(f"param_groups[{i}] repeats a parameter of an earlier group; give each parameter once")
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "lr": cfg.lr * scale})
+    if not groups:
+        raise ValueError("nothing to train: every parameter has requires_grad=False (frozen). Unfreeze the part "
+                         "to train, e.g. head.requires_grad_(True)")
+    own = {id(p) for p in model.parameters() if p.requires_grad}
+    if seen - own:
+        raise ValueError(f"param_groups hold {len(seen - own)} parameter(s) that are not the model's trainable ones; "
+                         "give parts of the model being trained")
+    if own - seen:
+        raise ValueError(f"{len(own - seen)} trainable parameter(s) of the model are in no group: add them to a "
+                         "group, or freeze them with requires_grad_(False)")
+    return groups
+
+
 def _make_schedule(opt, cfg: TrainConfig, steps_per_epoch: int, cycle_momentum: bool = True):
     if cfg.schedule == "onecycle" and cfg.epochs > 0:
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, cycle_momentum=cycle_momentum
+            opt, max_lr=[float(g["lr"]) for g in opt.param_groups], epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, cycle_momentum=cycle_momentum
         ), "batch"
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7), "epoch"
@@ -287,6 +319,7 @@ def fit(
     test_set: ImageSet | None = None,
     *,
     callbacks: Sequence[Callback] = (),
+    param_groups: Sequence[dict[str, Any]] | None = None,
     **settings,
 ) -> History:
     """Train ``model`` on ``train_set``; evaluate on ``test_set`` after each epoch.
@@ -295,8 +328,18 @@ def fit(
     ``optimizer``, ``schedule``, ``device``, ``amp``, ``seed``, ``progress``, ...). The data is
     moved to the device once and batched by indexing. Returns the :class:`History`; the model
     is trained in place (and left on the training device, in eval mode).
+
+    Only parameters with ``requires_grad`` are trained (freeze a part with
+    ``requires_grad_(False)``). ``param_groups`` gives parts of the model their own learning
+    rate, as a multiple of ``lr``: ``[{"params": head.parameters()}, {"params":
+    body.parameters(), "lr_scale": 0.1}]`` (discriminative learning rates; the one-cycle
+    schedule scales each group's peak).
     """
     cfg = make_config(**settings)
+    groups = _param_groups(model, param_groups, cfg)
+    if cfg.cuda_graph and len(groups) > 1:  # refused on every device, before anything moves
+        raise ValueError("cuda_graph=True trains one parameter group at one learning rate; "
+                         "leave out param_groups or cuda_graph")
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     if device.type == "cuda":
@@ -311,16 +354,18 @@ def fit(
     _check_model_and_data(model, train)
     graphed = cfg.cuda_graph and device.type == "cuda"
     if graphed:
-        opt = graph_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, device)
+        opt = graph_optimizer(groups[0]["params"], cfg.optimizer, groups[0]["lr"], cfg.weight_decay, device)
         graphed_step = GraphedStep(model, opt, device=device, amp=amp, label_smoothing=cfg.label_smoothing)
     else:
-        opt = _OPTIMIZERS[cfg.optimizer](model.parameters(), cfg, device.type == "cuda")
+        opt = _OPTIMIZERS[cfg.optimizer](groups, cfg, device.type == "cuda")
         graphed_step = None
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     schedule, schedule_every = _make_schedule(opt, cfg, steps_per_epoch, cycle_momentum=not graphed)
     generator = torch.Generator().manual_seed(cfg.seed)
     augment_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1) if cfg.augment else None
     history = History(config=asdict(cfg), device=str(device), model=getattr(model, "name", type(model).__name__))
+    if param_groups is not None:  # what each group trained, beside the settings
+        history.config["param_groups"] = [{"parameters": sum(p.numel() for p in g["params"]), "lr": g["lr"]} for g in groups]
     state = LoopState(model, opt, cfg, history, device, steps_per_epoch, started=time.perf_counter(), amp=amp)
     cbs = sorted(callbacks, key=lambda cb: getattr(cb, "order", 0))
 

@@ -34,6 +34,8 @@ __all__ = [
     "show_saliency",
     "show_augmentations",
     "plot_error_ladder",
+    "show_guesses",
+    "plot_learning_curves",
     "render_png",
 ]
 
@@ -449,6 +451,52 @@ def plot_error_ladder(rows: Sequence, *, ax: Axes | None = None, title: str = ""
     ax.set(xlabel=f"test errors out of {n:,} (fewer is better; bars: {rows[0].level:.0%} intervals)" + (", log scale" if logarithmic else ""),
            title=title or "test errors, each row against the row above")
     ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def show_guesses(images: Sequence[Tensor] | Tensor, guesses: Sequence[Sequence[tuple[str, float]]], *,
+                 titles: Sequence[str] | None = None, size: float = 2.6) -> Figure:
+    """Photos ((C, H, W) in [0, 1], any device) above a bar chart of each one's top guesses
+    (from :func:`cnnlab.transfer.top5`): probability on a shared 0-1 axis."""
+    n = len(guesses)
+    if len(images) != n or (titles is not None and len(titles) != n) or n == 0:
+        raise ValueError(f"need one image (and one title) per guess list: got {len(images)} images, {n} guess lists"
+                         + (f", {len(titles)} titles" if titles is not None else ""))
+    fig, axes = plt.subplots(2, n, figsize=(n * size, 2 * size), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.3, 1]})
+    for k in range(n):
+        img = images[k].detach().float().cpu()
+        axes[0, k].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None)
+        axes[0, k].axis("off")
+        if titles is not None:
+            axes[0, k].set_title(titles[k], fontsize=9)
+        names = [name for name, _ in guesses[k]][::-1]
+        probs = [p for _, p in guesses[k]][::-1]
+        ax = axes[1, k]
+        ax.barh(range(len(names)), probs, color="#1f77b4")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("probability", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(curves: Mapping[str, Mapping[int, float]], *, ax: Axes | None = None,
+                         title: str = "") -> Axes:
+    """Test accuracy against the number of training images (log axis), one line per method."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4))
+    for name, points in curves.items():
+        sizes = sorted(points)
+        ax.plot(sizes, [100 * points[n] for n in sizes], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_xlabel("training images (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
     return ax
 
 

@@ -11,6 +11,7 @@ function first, then the widget.
 | :func:`feature_map_explorer` | :func:`cnnlab.hooks.feature_map_view` |
 | :func:`augment_explorer` | :func:`cnnlab.augment.augment_examples` |
 | :func:`error_flagger` | :func:`cnnlab.viz.show_mistakes` (every error) |
+| :func:`product_explorer` | :func:`cnnlab.transfer.top5` and :func:`cnnlab.train.predict` |
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ __all__ = [
     "feature_map_explorer",
     "augment_explorer",
     "error_flagger",
+    "product_explorer",
 ]
 
 
@@ -516,4 +518,55 @@ def error_flagger(data: ImageSet, probs: Tensor, *, ncols: int = 8) -> widgets.V
     grid = widgets.GridBox(cells, layout=widgets.Layout(grid_template_columns=f"repeat({ncols}, 112px)"))
     box = widgets.VBox([summary, grid])
     box.index, box.toggles, box.flagged, box.summary = index, toggles, flagged, summary
+    return box
+
+
+def _bars_html(rows: Sequence[tuple[str, float]], colour: str, mark: str | None = None) -> str:
+    """Labelled horizontal bars (probability 0-1) as an HTML table; the row named ``mark`` bold."""
+    out = []
+    for name, p in rows:
+        label = html.escape(name)
+        label = f"<b>{label} ✓</b>" if name == mark else label
+        out.append(f"<tr><td style='padding-right:8px;white-space:nowrap'>{label}</td><td style='width:180px'>"
+                   f"<div style='background:{colour};height:12px;width:{min(max(p, 0.0), 1.0) * 100:.1f}%'></div></td>"
+                   f"<td style='padding-left:6px'>{p:.0%}</td></tr>")
+    return "<table style='font-size:13px;border-collapse:collapse'>" + "".join(out) + "</table>"
+
+
+def product_explorer(data: ImageSet, guesses: Sequence[Sequence[tuple[str, float]]], probs: Tensor, *,
+                     model_name: str = "the fine-tuned model") -> widgets.VBox:
+    """Pick a photo: the pretrained backbone's five likeliest ImageNet classes beside
+    ``model_name``'s answer. ``guesses`` (from :func:`cnnlab.transfer.top5`) and ``probs``
+    (N, classes) are computed beforehand for ``data``'s grey images, so moving the slider only draws.
+
+    The box exposes ``.slider``, ``.image``, ``.imagenet`` and ``.finetuned`` for tests.
+    """
+    if not len(data) == len(guesses) == len(probs):
+        raise ValueError(f"need one ImageNet guess list and one row of probabilities per image: got {len(data)} "
+                         f"images, {len(guesses)} guess lists, {len(probs)} rows")
+    if len(data) == 0:
+        raise ValueError("no images to show: pass a non-empty subset of the test set")
+    if probs.dim() != 2 or probs.shape[1] != len(data.classes) or data.x.shape[1] != 1:
+        raise ValueError(f"need grey images (N, 1, H, W) and probabilities (N, {len(data.classes)}) for their "
+                         f"{len(data.classes)} classes; got images {tuple(data.x.shape)} and {tuple(probs.shape)}")
+    probs = probs.detach().float().cpu()
+    images = data.denormalize(data.x.detach().cpu())
+    slider = widgets.IntSlider(value=0, min=0, max=len(data) - 1, description="photo")
+    image, imagenet, finetuned = widgets.Image(format="png"), widgets.HTML(), widgets.HTML()
+
+    def update(_change=None) -> None:
+        i = slider.value
+        truth = data.classes[int(data.y[i])]
+        image.value = _digit_png(images[i], zoom=5)  # dark on white, as the shop photographed it
+        imagenet.value = ("<b>ImageNet backbone, top 5</b> (its own 1,000 classes)"
+                          + _bars_html(guesses[i], "#1f77b4"))
+        p, c = probs[i].topk(min(3, probs.shape[1]))
+        finetuned.value = (f"<b>{html.escape(model_name[:1].upper() + model_name[1:])}, top {len(c)}</b> "
+                           f"(true: {html.escape(truth)})"
+                           + _bars_html([(data.classes[int(k)], float(q)) for q, k in zip(p, c)], "#ff7f0e", truth))
+
+    slider.observe(update, names="value")
+    update()
+    box = widgets.VBox([slider, widgets.HBox([image, widgets.VBox([imagenet, finetuned])])])
+    box.slider, box.image, box.imagenet, box.finetuned = slider, image, imagenet, finetuned
     return box

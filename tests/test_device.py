@@ -252,6 +252,7 @@ def test_drawing_accepts_tensors_from_any_device(cpu_model, images, model_dev, i
     cm = metrics.confusion_matrix(data.y, probs.argmax(1)).to(input_dev)
     region = receptive_field.input_region(model, "conv2", (4, 4))
     erf = receptive_field.effective_receptive_field(model, "conv2", data.x[:4], (4, 4)).to(input_dev)
+    linear = torch.nn.Linear(784, 10).to(model_dev)  # moved outside: Module.to itself compares devices
     try:
         with StrictDevices():
             viz.plot_confusion(cm, data.classes)
@@ -260,7 +261,7 @@ def test_drawing_accepts_tensors_from_any_device(cpu_model, images, model_dev, i
             viz.show_saliency(data.denormalize(data.x[0]), {"grad": erf, "same": erf.clone()})
             viz.show_prediction(data.x[0], {"m": probs[0]}, data.classes)
             viz.show_images(data, [0, 1])
-            viz.show_weights_as_templates(torch.nn.Linear(784, 10).to(model_dev), data.classes)
+            viz.show_weights_as_templates(linear, data.classes)
             viz.show_filters(model.conv1.weight)
             viz.show_feature_maps(data.x[:4, 0])
             viz.show_maps({"a": data.x[0, 0], "b": data.x[1, 0].relu()})
@@ -305,3 +306,39 @@ def test_fit_leaves_the_model_on_its_training_device_and_callbacks_see_it(mnist_
     assert history.device.startswith(device) and model_device(model).type == device
     assert dash.png[:4] == b"\x89PNG" and dash.frames >= 2
     assert history.last("test_acc") == pytest.approx(evaluate(model, test.subset(range(100))).accuracy)
+
+
+@pytest.mark.parametrize("model_dev,input_dev", PAIRS)
+def test_transfer_learning_runs_where_the_backbone_is(images, model_dev, input_dev, tmp_path, monkeypatch):
+    from cnnlab import transfer
+    from cnnlab.widgets import product_explorer
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    net = transfer.load_backbone(device="cpu")
+    cpu_data = images.subset(range(8))
+    reference = transfer.cached_features(net, cpu_data, size=32, cache=False, progress=False).x
+    reference_top = transfer.top5(net, cpu_data.denormalize(cpu_data.x), size=32)
+    net.model.to(model_dev)
+    data = cpu_data.to(input_dev)
+    try:
+        for cache in (True, True, False):  # computed, read from the cache, computed again
+            feats = transfer.cached_features(net, data, size=32, cache=cache, progress=False)
+            assert feats.x.device.type == "cpu" and _close(feats.x, reference) and feats.y.device.type == "cpu"
+        guesses = transfer.top5(net, data.denormalize(data.x), size=32)
+        assert all(abs(g[0][1] - r[0][1]) < 1e-3 for g, r in zip(guesses, reference_top))
+        assert transfer.prepare_images(net, data.x[:2], 40).device.type == model_dev
+        assert transfer.content_hash(data) == transfer.content_hash(cpu_data)
+        assert transfer.flip_labels(data.y, 0.5, seed=3).device == data.y.device
+        assert torch.equal(transfer.flip_labels(data.y, 0.5, seed=3).cpu(), transfer.flip_labels(cpu_data.y, 0.5, seed=3))
+        with StrictDevices():
+            viz.show_guesses(data.denormalize(data.x[:2]), guesses[:2], titles=["a", "b"])
+            viz.plot_learning_curves({"a": {100: 0.5, 1000: 0.7}})
+        probs = torch.rand(8, 10, device=input_dev).softmax(1)
+        box = product_explorer(data, guesses, probs)
+        box.slider.value = 3
+        assert box.image.value[:4] == b"\x89PNG" and "true:" in box.finetuned.value
+    finally:
+        plt.close("all")
+    with poisoned():  # nothing made on the default device
+        assert transfer.flip_labels(cpu_data.y, 0.5, seed=3).device.type == "cpu"
+        assert transfer.content_hash(cpu_data) == transfer.content_hash(data)

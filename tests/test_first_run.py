@@ -70,7 +70,7 @@ def test_notebook_00_on_a_first_online_run_fetches_mnist(tmp_path):
     )
     log = tmp_path / "requested.txt"
     env = {k: v for k, v in os.environ.items() if k not in ("CNNLAB_DATA", "CNNLAB_OFFLINE", "CNNLAB_CACHE")}
-    env |= {"PYTHONPATH": os.pathsep.join([str(site), str(project)]), "CNNLAB_SMOKE": "1",
+    env |= {"PYTHONPATH": os.pathsep.join([str(site), str(project), *filter(None, [os.environ.get("PYTHONPATH")])]), "CNNLAB_SMOKE": "1",
             "CNNLAB_SIMULATED_LOG": str(log), "MPLBACKEND": "agg", "HOME": str(tmp_path / "home")}
     nb = nbformat.read(project / "notebooks" / "00_start_here.ipynb", as_version=4)
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",

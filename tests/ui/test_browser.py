@@ -391,6 +391,18 @@ def _interact_07(page, views) -> None:
     screenshot(view, ARTIFACTS / "07_accuracy_report-flagged.png")
 
 
+def _interact_09(page, views) -> None:
+    view = views.filter(has_text="ImageNet backbone, top 5").first
+    answer = view.locator(".widget-html", has_text="fine-tuned").first
+    before, before_img = answer.inner_text(), image_src(view)
+    assert "true:" in before
+    press_slider(page, view, "photo", "ArrowRight", 3)
+    wait_for_change(lambda: image_src(view), before_img, "the product photo after moving the slider")
+    wait_for_change(lambda: answer.inner_text(), before, "the fine-tuned model's answer for the new photo")
+    screenshot(view, ARTIFACTS / "09_transfer_learning-photo3.png")
+
+
 INTERACTIONS = {"01_linear_baseline": _interact_01, "03_convolution": _interact_03,
                 "04_pooling_and_receptive_fields": _interact_04, "05_small_cnn": _interact_05,
-                "06_modern_cnn": _interact_06, "07_accuracy_report": _interact_07}
+                "06_modern_cnn": _interact_06, "07_accuracy_report": _interact_07,
+                "09_transfer_learning": _interact_09}

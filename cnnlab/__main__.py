@@ -135,7 +135,18 @@ def _bench(args) -> int:
     out = sys.stderr if args.json else sys.stdout
     if not 0 <= args.target < 1:
         raise ValueError(f"--target is a test accuracy between 0 and 1 (0 skips it), got {args.target}")
-    if args.dashboard:
+    if args.widgets:
+        from cnnlab import data
+        from cnnlab.bench import format_widget_latency, widget_latency
+        from cnnlab.runs import load_series_run
+
+        train_set = data.load("mnist", "train", limit=args.limit_train)
+        test_set = data.load("mnist", "test")
+        models = {name: load_series_run(name, train_set, test_set, device=args.device)[0]
+                  for name in ("linear", "mlp", "small-cnn")}
+        result = widget_latency(test_set, models)
+        print(format_widget_latency(result), file=out, flush=True)
+    elif args.dashboard:
         result = dashboard_overhead(device=args.device, seed=args.seed, limit=args.limit_train, epochs=args.epochs)
         print(format_overhead(result), file=out, flush=True)
     else:
@@ -226,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--seed", type=int, default=1)
     b.add_argument("--dashboard", action="store_true", help="instead: the live dashboard's cost (training without and with it)")
+    b.add_argument("--widgets", action="store_true",
+                   help="instead: each widget's answer time after a control changes (the series' saved models; "
+                        "trains those that are missing)")
     b.add_argument("--repeats", type=int, default=2, help="alternations of the two paths (default 2)")
     b.add_argument("--target", type=float, default=0.992,
                    help="then time the series' small-CNN settings to this test accuracy (default 0.992; 0 skips)")

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from cnnlab import data
+from cnnlab.data import ImageSet
 from cnnlab.models import SmallCNN
 from cnnlab.device import pick_device
 from cnnlab.train import Callback, StopTraining, TrainConfig, fit, seed_everything
@@ -227,5 +228,71 @@ def format_overhead(r: dict) -> str:
     ])
 
 
+def widget_latency(data: ImageSet, models: dict, *, repeats: int = 5) -> dict[str, float]:
+    """Each widget's answer time: the median over ``repeats`` changes of one control, from the
+    change to the new picture and text (what a learner waits for after moving a slider), in
+    seconds. ``models``: name -> model (the series uses the linear model, the MLP and the small
+    CNN; the small CNN is the one the single-model widgets get). Nothing is asserted: a
+    benchmark prints, a test never times."""
+    import statistics
+
+    from cnnlab.drawing import drawing_pad
+    from cnnlab.train import predict
+    from cnnlab.widgets import (augment_explorer, error_flagger, feature_map_explorer, kernel_playground,
+                                product_explorer, receptive_field_explorer, shift_explorer)
+
+    cnn = list(models.values())[-1]
+    shown = data.subset(range(min(48, len(data))))
+    flagged = data.subset(range(min(2000, len(data))))  # enough images for a few errors to flag
+    guesses = [[("jersey", 0.5), ("sweatshirt", 0.2), ("cardigan", 0.1), ("wool", 0.05), ("apron", 0.05)]] * len(shown)
+
+    def slide(control, values):
+        def change(k):
+            control.value = values[k % len(values)]
+        return change
+
+    boxes = {
+        f"shift_explorer ({len(models)} models): shift right": (lambda b: slide(b.controls["dx"], [1, 2, 3, 0])),
+        "kernel_playground: stride": (lambda b: slide(b.controls["stride"], [2, 1])),
+        "receptive_field_explorer: unit row": (lambda b: slide(b.controls["row"], [1, 2, 0])),
+        "feature_map_explorer: channel": (lambda b: slide(b.controls["channel"], [1, 2, 3, 0])),
+        "augment_explorer: rotate": (lambda b: slide(b.controls["rotate"], [20.0, 30.0, 10.0])),
+        "error_flagger: flag one": (lambda b: (lambda k: setattr(b.toggles[0], "value", not b.toggles[0].value))),
+        "product_explorer: photo": (lambda b: slide(b.slider, [1, 2, 3, 0])),
+    }
+    makers = [lambda: shift_explorer(models, data), lambda: kernel_playground(data),
+              lambda: receptive_field_explorer({"cnn": cnn}, data, images=16), lambda: feature_map_explorer(cnn, data, pool=500),
+              lambda: augment_explorer(data), lambda: error_flagger(flagged, predict(cnn, flagged)),
+              lambda: product_explorer(shown, guesses, predict(cnn, shown))]
+    times = {}
+    for (name, changer), make in zip(boxes.items(), makers):
+        box = make()
+        change = changer(box)
+        change(0)  # a warm-up change
+        samples = []
+        for k in range(1, repeats + 1):
+            t0 = time.perf_counter()
+            change(k)
+            samples.append(time.perf_counter() - t0)
+        times[name] = statistics.median(samples)
+    pad = drawing_pad(models, data, maps_model=cnn)
+    pad.strokes.extend([[(140, 40 + 20 * k) for k in range(11)]])  # a "1", drawn down the middle
+    pad.update()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        pad.update()  # what a lifted pen runs
+        samples.append(time.perf_counter() - t0)
+    times[f"drawing_pad ({len(models)} models and the CNN's maps): pen lifted"] = statistics.median(samples)
+    return times
+
+
+def format_widget_latency(times: dict[str, float]) -> str:
+    """One line a widget, slowest first, with the 100 ms a slider needs marked."""
+    return "\n".join(f"{1000 * t:7.1f} ms  {'over 100 ms ' if t > 0.1 else '            '}{name}"
+                     for name, t in sorted(times.items(), key=lambda kv: -kv[1]))
+
+
 __all__ = ["run", "format_result", "recipe_epoch", "cnnlab_epoch", "CNNLAB_SETTINGS", "time_to_accuracy",
-           "format_time_to_accuracy", "dashboard_overhead", "format_overhead"]
+           "format_time_to_accuracy", "dashboard_overhead", "format_overhead",
+           "widget_latency", "format_widget_latency"]

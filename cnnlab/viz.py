@@ -92,7 +92,8 @@ def show_weights_as_templates(
 
 
 def plot_confusion(cm: Tensor, classes: Sequence[str], *, ax: Axes | None = None, title: str = "") -> Axes:
-    """A confusion matrix with counts; the diagonal (correct) is left blank so errors stand out."""
+    """A confusion matrix with counts; the diagonal (correct) is left uncoloured, its counts printed,
+    so that the colour shows only the errors."""
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 4.6))
     cm = cm.detach().cpu()

@@ -209,3 +209,16 @@ def test_a_retrained_run_starts_from_the_seed_not_from_the_refused_weights(isola
     again, _ = runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False, device="cpu")
     assert "training again" in capsys.readouterr().out
     assert torch.equal(again.fc.weight, fresh.fc.weight)  # the same run as the first: from the seed, on the CPU
+
+
+def test_widget_latency_benchmark_times_every_widget_once_each(mnist_small):
+    from cnnlab.bench import format_widget_latency, widget_latency
+    from cnnlab.models import MLP, LinearClassifier, SmallCNN
+
+    _, test = mnist_small
+    times = widget_latency(test.subset(range(300)), {"linear": LinearClassifier(), "mlp": MLP(), "cnn": SmallCNN()},
+                           repeats=2)
+    assert len(times) == 8 and all(0 < t < 30 for t in times.values())
+    assert any(name.startswith("drawing_pad") for name in times) and any("product_explorer" in n for n in times)
+    lines = format_widget_latency({"slow": 0.25, "fast": 0.01}).splitlines()
+    assert lines[0].startswith("  250.0 ms  over 100 ms slow") and "over" not in lines[1]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from cnnlab.data import ImageSet
 from cnnlab.hooks import feature_maps
 from cnnlab.train import predict
-from cnnlab.viz import render_png, show_feature_maps, show_prediction
+from cnnlab.viz import PredictionPanel, render_png, show_feature_maps, tile
 
 __all__ = ["render_strokes", "mnist_style", "predict_drawing", "drawing_pad"]
 
@@ -115,6 +115,7 @@ def drawing_pad(
     n_maps = len(layers) if maps_model is not None else 0
     fig = Figure(figsize=(2.4 + 2.4 * len(models) + 2.6 * n_maps, 2.6))
     axes = fig.subplots(1, 1 + len(models) + n_maps, width_ratios=[1] + [1.3] * len(models) + [1.5] * n_maps)
+    panel = PredictionPanel(axes[: 1 + len(models)], data.classes, mean=data.mean, std=data.std)
     box = widgets.VBox()
     box.strokes, box.digit = [], None
     pen = {"down": False}
@@ -138,14 +139,15 @@ def drawing_pad(
             summary.value = f"<i>{html.escape(str(err))}</i>"
             return
         box.digit = digit
-        for ax in axes:
-            ax.clear()
-        show_prediction(digit, probs, data.classes, axes=axes[: 1 + len(models)], mean=data.mean, std=data.std)
+        panel.update(digit, probs)  # the prediction's artists are updated in place after the first pen
         axes[0].set_title("what the models see", fontsize=9)
         for ax, layer in zip(axes[1 + len(models) :], layers):
             maps = feature_maps(maps_model, digit[None], layer)[0]
-            show_feature_maps(maps, ax=ax, title=f"CNN {layer}")
-        image.value = render_png(fig)
+            if ax.images:  # the same tiling each time: new pixels in the same picture
+                ax.images[0].set_data(tile(maps, normalize=True).numpy())
+            else:
+                show_feature_maps(maps, ax=ax, title=f"CNN {layer}")
+        image.value = render_png(fig, changed=panel.changed() + [im for ax in axes[1 + len(models) :] for im in ax.images])
         summary.value = " &nbsp;|&nbsp; ".join(
             f"<b>{html.escape(name)}</b>: {html.escape(data.classes[int(p.argmax())])} ({float(p.max()):.1%})"
             for name, p in probs.items())

@@ -23,6 +23,7 @@ __all__ = [
     "plot_history",
     "plot_shift_curve",
     "show_prediction",
+    "PredictionPanel",
     "show_mistakes",
     "show_convolution",
     "show_receptive_field",
@@ -196,6 +197,40 @@ def show_prediction(
     if made:
         fig.tight_layout()
     return fig
+
+
+class PredictionPanel:
+    """:func:`show_prediction` for a widget: drawn in full the first time, then updated in place
+    (the image's pixels, the bars' lengths and colours, the titles) so that a slider's answer
+    costs the PNG and little else. ``update(image, probs)`` takes tensors from any device."""
+
+    def __init__(self, axes: Sequence[Axes], classes: Sequence[str], *, mean: float = 0.0, std: float = 1.0):
+        self.axes, self.classes, self.mean, self.std = list(axes), list(classes), mean, std
+        self._names: list[str] | None = None
+
+    def update(self, image: Tensor, probs: Mapping[str, Tensor]) -> None:
+        if self._names != list(probs):  # first call, or other models: draw everything
+            for ax in self.axes[: 1 + len(probs)]:
+                ax.clear()
+            show_prediction(image, probs, self.classes, axes=self.axes, mean=self.mean, std=self.std)
+            self._names = list(probs)
+            return
+        pixels = (image.float().cpu() * self.std + self.mean).clamp(0, 1).squeeze(0).numpy()
+        self.axes[0].images[0].set_data(pixels)
+        short = [c.split(" - ")[0] for c in self.classes]
+        for ax, (name, p) in zip(self.axes[1:], probs.items()):
+            p = p.float().cpu()
+            top = int(p.argmax())
+            for k, bar in enumerate(ax.patches):
+                bar.set_width(float(p[k]))
+                bar.set_facecolor("tab:orange" if k == top else "tab:blue")
+            ax.set_title(f"{name}: {short[top]} ({float(p[top]):.0%})", fontsize=9)
+
+    def changed(self) -> list:
+        """The artists :meth:`update` changes: the image, the bars, the titles (for :func:`render_png`)."""
+        n = len(self._names or [])
+        return [*self.axes[0].images, *self.axes[0].spines.values(),  # the frame stays on top of the image
+                *(a for ax in self.axes[1 : 1 + n] for a in (*ax.patches, *ax.spines.values(), ax.title))]
 
 
 def show_mistakes(data: ImageSet, probs: Tensor, *, k: int = 16, ncols: int = 8) -> Figure:
@@ -501,13 +536,38 @@ def plot_learning_curves(curves: Mapping[str, Mapping[int, float]], *, ax: Axes 
     return ax
 
 
-def render_png(fig: Figure, dpi: int = 80) -> bytes:
+def render_png(fig: Figure, dpi: int = 80, changed: Sequence | None = None) -> bytes:
     """The figure as PNG bytes, for an ``ipywidgets.Image`` or a display handle. Laid out on its
     first render only: later frames keep that layout, which keeps a widget's answer to a change
-    fast (tight_layout is a quarter of the time)."""
+    fast (tight_layout is a quarter of the time).
+
+    ``changed``: the only artists that differ from frame to frame (a widget's image, bars and
+    titles). Everything else is drawn once and kept as a background; each later frame redraws
+    just these on it (blitting), several times faster than a full draw. Those artists are then
+    marked animated, so render that figure with the same ``changed`` list (or a new list, which
+    draws the background again) from then on."""
     if not getattr(fig, "_laid_out", False):
         fig.tight_layout()
         fig._laid_out = True
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
+    if changed is None:
+        fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
+        return buf.getvalue()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    key = (dpi, tuple(id(a) for a in changed))
+    if getattr(fig, "_blit_key", None) != key:  # the first frame, or other artists: draw the background
+        fig.set_dpi(dpi)
+        for artist in changed:
+            artist.set_animated(True)
+        canvas.draw()
+        fig._blit_background, fig._blit_key = canvas.copy_from_bbox(fig.bbox), key
+    else:
+        canvas.restore_region(fig._blit_background)
+    for artist in changed:
+        artist.axes.draw_artist(artist)
+    Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).save(
+        buf, "png", compress_level=1)
     return buf.getvalue()

@@ -34,11 +34,11 @@ from cnnlab.models import as_named_models
 from cnnlab.receptive_field import receptive_field_view, receptive_fields
 from cnnlab.transforms import explore_transform
 from cnnlab.viz import (
+    PredictionPanel,
     render_png,
     show_convolution,
     show_feature_maps,
     show_filters,
-    show_prediction,
     show_receptive_field,
     tile,
 )
@@ -87,6 +87,7 @@ def shift_explorer(
     summary = widgets.HTML()
     fig = Figure(figsize=(2.6 + 2.6 * len(named), 2.6))  # not pyplot: never shown twice inline
     axes = fig.subplots(1, len(named) + 1, width_ratios=[1] + [1.3] * len(named))
+    panel = PredictionPanel(axes, data.classes, mean=data.mean, std=data.std)  # artists updated in place
 
     def update(_change=None) -> None:
         values = {k: c.value for k, c in controls.items()}
@@ -95,10 +96,8 @@ def shift_explorer(
         except (ValueError, TypeError) as err:  # a nonsense value: say so, keep the last picture
             summary.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
             return
-        for ax in axes:
-            ax.clear()
-        show_prediction(img, probs, data.classes, axes=axes, mean=data.mean, std=data.std)
-        image.value = render_png(fig)
+        panel.update(img, probs)
+        image.value = render_png(fig, changed=panel.changed())
         summary.value = _summary(probs, data.classes, data.classes[int(data.y[values["index"]])])
 
     for c in controls.values():

@@ -222,3 +222,35 @@ def test_widget_latency_benchmark_times_every_widget_once_each(mnist_small):
     assert any(name.startswith("drawing_pad") for name in times) and any("product_explorer" in n for n in times)
     lines = format_widget_latency({"slow": 0.25, "fast": 0.01}).splitlines()
     assert lines[0].startswith("  250.0 ms  over 100 ms slow") and "over" not in lines[1]
+
+
+def test_a_blitted_frame_is_the_picture_a_full_redraw_gives(mnist_small):
+    """The shift explorer redraws only its image, bars and titles after a change (render_png's
+    blitting); the frame must look like the same state drawn from scratch."""
+    import io
+
+    import numpy as np
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from cnnlab.models import MLP, SmallCNN
+    from cnnlab.transforms import explore_transform
+    from cnnlab.viz import render_png, show_prediction
+    from cnnlab.widgets import shift_explorer
+
+    _, test = mnist_small
+    models = {"mlp": MLP(), "cnn": SmallCNN()}
+    box = shift_explorer(models, test, index=5)
+    first = box.image.value
+    box.controls["dx"].value = 3
+    box.controls["angle"].value = 20
+    img, probs = explore_transform(models, test, index=5, dx=3, dy=0, angle=20, scale=1)
+    fig = Figure(figsize=(2.6 + 2.6 * 2, 2.6))
+    show_prediction(img, probs, test.classes, axes=fig.subplots(1, 3, width_ratios=[1, 1.3, 1.3]), mean=test.mean,
+                    std=test.std)
+    fresh, blitted, before = (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+                              for png in (render_png(fig), box.image.value, first))
+    assert fresh.shape == blitted.shape
+    # the same picture: at most the tick marks' antialiasing where a bar meets its axis differs
+    assert np.abs(fresh - blitted).max() <= 16 and (fresh != blitted).any(-1).mean() < 0.001
+    assert (np.abs(before - blitted).max(-1) > 40).mean() > 0.01  # and not the first frame's

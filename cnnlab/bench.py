@@ -251,21 +251,26 @@ def widget_latency(data: ImageSet, models: dict, *, repeats: int = 5) -> dict[st
             control.value = values[k % len(values)]
         return change
 
-    boxes = {
-        f"shift_explorer ({len(models)} models): shift right": (lambda b: slide(b.controls["dx"], [1, 2, 3, 0])),
-        "kernel_playground: stride": (lambda b: slide(b.controls["stride"], [2, 1])),
-        "receptive_field_explorer: unit row": (lambda b: slide(b.controls["row"], [1, 2, 0])),
-        "feature_map_explorer: channel": (lambda b: slide(b.controls["channel"], [1, 2, 3, 0])),
-        "augment_explorer: rotate": (lambda b: slide(b.controls["rotate"], [20.0, 30.0, 10.0])),
-        "error_flagger: flag one": (lambda b: (lambda k: setattr(b.toggles[0], "value", not b.toggles[0].value))),
-        "product_explorer: photo": (lambda b: slide(b.slider, [1, 2, 3, 0])),
-    }
-    makers = [lambda: shift_explorer(models, data), lambda: kernel_playground(data),
-              lambda: receptive_field_explorer({"cnn": cnn}, data, images=16), lambda: feature_map_explorer(cnn, data, pool=500),
-              lambda: augment_explorer(data), lambda: error_flagger(flagged, predict(cnn, flagged)),
-              lambda: product_explorer(shown, guesses, predict(cnn, shown))]
+    def flip(toggle):
+        def change(k):
+            toggle.value = not toggle.value
+        return change
+
+    cases = [  # (name, the widget, the change a learner makes)
+        (f"shift_explorer ({len(models)} models): shift right", lambda: shift_explorer(models, data),
+         lambda b: slide(b.controls["dx"], [1, 2, 3, 0])),
+        ("kernel_playground: stride", lambda: kernel_playground(data), lambda b: slide(b.controls["stride"], [2, 1])),
+        ("receptive_field_explorer: unit row", lambda: receptive_field_explorer({"cnn": cnn}, data, images=16),
+         lambda b: slide(b.controls["row"], [1, 2, 0])),
+        ("feature_map_explorer: channel", lambda: feature_map_explorer(cnn, data, pool=500),
+         lambda b: slide(b.controls["channel"], [1, 2, 3, 0])),
+        ("augment_explorer: rotate", lambda: augment_explorer(data), lambda b: slide(b.controls["rotate"], [20.0, 30.0, 10.0])),
+        ("error_flagger: flag one", lambda: error_flagger(flagged, predict(cnn, flagged)), lambda b: flip(b.toggles[0])),
+        ("product_explorer: photo", lambda: product_explorer(shown, guesses, predict(cnn, shown)),
+         lambda b: slide(b.slider, [1, 2, 3, 0])),
+    ]
     times = {}
-    for (name, changer), make in zip(boxes.items(), makers):
+    for name, make, changer in cases:
         box = make()
         change = changer(box)
         change(0)  # a warm-up change

@@ -145,9 +145,8 @@ def prepare(folder: Path, python: str = "3.12") -> int:
     if subprocess.run(cmd).returncode != 0:
         print("error: pip could not download the wheels (it needs PyPI); see tests/gpu-check-wheels.txt", file=sys.stderr)
         return 1
-    wanted = {line.split("==")[0].strip().lower().replace("-", "_") + "-" + line.split("==")[1].strip()
-              for line in (repo_root() / "tests" / "gpu-check-wheels.txt").read_text().splitlines()
-              if "==" in line and not line.lstrip().startswith("#")}
+    pins = [line.split("#")[0].strip() for line in (repo_root() / "tests" / "gpu-check-wheels.txt").read_text().splitlines()]
+    wanted = {name.lower().replace("-", "_") + "-" + version for name, version in (p.split("==") for p in pins if p)}
     for wheel in wheels.glob("*.whl"):  # a wheel left by an earlier list: two versions stop pip's install there
         name, version = wheel.name.split("-")[:2]  # a wheel's name has no "-" of its own
         if f"{name.lower()}-{version}" not in wanted:

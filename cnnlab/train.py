@@ -249,7 +249,8 @@ def _param_groups(model: nn.Module, param_groups: Sequence[dict[str, Any]] | Non
 def _make_schedule(opt, cfg: TrainConfig, steps_per_epoch: int, cycle_momentum: bool = True):
     if cfg.schedule == "onecycle" and cfg.epochs > 0:
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[float(g["lr"]) for g in opt.param_groups], epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, cycle_momentum=cycle_momentum
+            opt, max_lr=[float(g["lr"]) for g in opt.param_groups],  # each group's own peak (param_groups' lr_scale)
+            epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, cycle_momentum=cycle_momentum
         ), "batch"
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7), "epoch"

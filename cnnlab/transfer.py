@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlab import cache_dir
-from cnnlab.data import ImageSet
+from cnnlab.data import ImageSet, _offline
 from cnnlab.device import model_device, pick_device
 from cnnlab.models import eval_mode
 
@@ -146,7 +146,7 @@ def _torchvision_resnet(name: str) -> nn.Module:
     weights = {"resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
                "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V2}[name]
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-    if not os.path.exists(cached) and os.environ.get("CNNLAB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+    if not os.path.exists(cached) and _offline():
         raise BackboneUnavailable(
             f"{name}'s ImageNet weights are not in {cached} and CNNLAB_OFFLINE is set, so they are not downloaded. "
             f"Unset CNNLAB_OFFLINE on a machine with internet (they are fetched once), or use BACKBONE = "

@@ -229,8 +229,7 @@ class PredictionPanel:
     def changed(self) -> list:
         """The artists :meth:`update` changes: the image, the bars, the titles (for :func:`render_png`)."""
         n = len(self._names or [])
-        return [*self.axes[0].images, *self.axes[0].spines.values(),  # the frame stays on top of the image
-                *(a for ax in self.axes[1 : 1 + n] for a in (*ax.patches, *ax.spines.values(), ax.title))]
+        return [*self.axes[0].images, *(a for ax in self.axes[1 : 1 + n] for a in (*ax.patches, ax.title))]
 
 
 def show_mistakes(data: ImageSet, probs: Tensor, *, k: int = 16, ncols: int = 8) -> Figure:
@@ -543,9 +542,10 @@ def render_png(fig: Figure, dpi: int = 80, changed: Sequence | None = None) -> b
 
     ``changed``: the only artists that differ from frame to frame (a widget's image, bars and
     titles). Everything else is drawn once and kept as a background; each later frame redraws
-    just these on it (blitting), several times faster than a full draw. Those artists are then
-    marked animated, so render that figure with the same ``changed`` list (or a new list, which
-    draws the background again) from then on."""
+    just these on it (blitting), several times faster than a full draw, then the frames (spines)
+    of their axes, which they would otherwise cover. Those artists are then marked animated, so
+    render that figure with the same ``changed`` list (or a new list, which draws the background
+    again) from then on."""
     if not getattr(fig, "_laid_out", False):
         fig.tight_layout()
         fig._laid_out = True
@@ -557,6 +557,8 @@ def render_png(fig: Figure, dpi: int = 80, changed: Sequence | None = None) -> b
     from PIL import Image
 
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    axes = list(dict.fromkeys(a.axes for a in changed))
+    changed = [*changed, *(s for ax in axes for s in ax.spines.values() if s not in changed)]  # frames on top
     key = (dpi, tuple(id(a) for a in changed))
     if getattr(fig, "_blit_key", None) != key:  # the first frame, or other artists: draw the background
         fig.set_dpi(dpi)

@@ -54,6 +54,7 @@ SERIES_MODELS: dict[str, tuple[str, dict]] = {
     "linear": ("linear", {}),
     "mlp": ("mlp", {}),
     "small-cnn": ("small-cnn", {}),
+    "conv-stack-8": ("conv-stack", {"depth": 8, "padding": 1}),  # notebook 04: 8 padded 3x3 convs, a 17x17 field
     "lenet5": ("lenet5", {}),
     "mlp-wide": ("mlp", {"hidden": 1509}),  # 1,199,665 parameters: the small CNN's 1,199,882, give or take 217
     "small-cnn-bn": ("small-cnn", {"batchnorm": True}),
@@ -121,9 +122,13 @@ def run_path(name: str, model: nn.Module, train_set: ImageSet, config: dict) -> 
 
 
 def save_run(name: str, model: nn.Module, history: History, train_set: ImageSet) -> Path:
-    """Save a trained model with its history and test accuracy for later notebooks."""
+    """Save a trained model with its history and test accuracy for later notebooks, and say under
+    which name (the later notebooks print the same name when they load it)."""
     path = run_path(name, model, train_set, history.config)
-    return save_checkpoint(path, model, history=history, metrics={"test_acc": history.last("test_acc")})
+    test_acc = history.last("test_acc")
+    save_checkpoint(path, model, history=history, metrics={"test_acc": test_acc})
+    print(f"{name}: saved the run {path.name} (test accuracy {test_acc:.2%})")
+    return path
 
 
 def _agrees(recorded: float, now: float, n: int) -> bool:

@@ -92,22 +92,25 @@ def show_weights_as_templates(
     return fig
 
 
-def plot_confusion(cm: Tensor, classes: Sequence[str], *, ax: Axes | None = None, title: str = "") -> Axes:
+def plot_confusion(cm: Tensor, classes: Sequence[str], *, ax: Axes | None = None, title: str = "",
+                   vmax: float | None = None) -> Axes:
     """A confusion matrix with counts; the diagonal (correct) is left uncoloured, its counts printed,
-    so that the colour shows only the errors."""
+    so that the colour shows only the errors. ``vmax``: the error count drawn darkest (default: this
+    matrix's largest); give two matrices the same ``vmax`` to compare them by colour."""
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 4.6))
     cm = cm.detach().cpu()
     errors = cm.clone().double()
     errors.fill_diagonal_(float("nan"))
-    ax.imshow(errors.numpy(), cmap="Reds")
+    peak = max(1.0, float(torch.nan_to_num(errors).max()) if vmax is None else vmax)
+    im = ax.imshow(errors.numpy(), cmap="Reds", vmin=0, vmax=peak)
+    ax.figure.colorbar(im, ax=ax, shrink=0.8, label="errors (off the diagonal)")
     k = len(classes)
     short = [c.split(" - ")[0] for c in classes]
     ax.set_xticks(range(k), short, rotation=90 if max(map(len, short)) > 2 else 0)
     ax.set_yticks(range(k), short)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    peak = max(1.0, float(torch.nan_to_num(errors).max()))
     for i in range(k):
         for j in range(k):
             n = int(cm[i, j])
@@ -316,9 +319,10 @@ def show_maps(maps: Mapping[str, Tensor], *, size: float = 2.6) -> Figure:
         m = m.detach().float().cpu()
         if m.min() < 0:
             limit = float(m.abs().max())
-            ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+            im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
         else:
-            ax.imshow(m.numpy(), cmap="gray_r")
+            im = ax.imshow(m.numpy(), cmap="gray_r", vmin=0)
+        fig.colorbar(im, ax=ax, shrink=0.75, pad=0.03)
         ax.set_title(f"{name}\n{tuple(m.shape)}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])

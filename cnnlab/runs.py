@@ -39,6 +39,10 @@ SERIES_SETTINGS: dict[str, dict] = {
     "mlp": {"epochs": 10},
     "small-cnn": {"epochs": 5},  # full MNIST: 99.29% (seed 0), 99.27% (seed 1); 3 epochs: 99.11%
     "conv-stack-8": {"epochs": 2},
+    # Notebook 04: the same 3x3 convs with smaller and larger receptive fields (9, 33 and 68 px).
+    "conv-stack-4": {"epochs": 2},
+    "conv-stack-16": {"epochs": 2},
+    "conv-stack-8-pool": {"epochs": 2},
     "lenet5": {"epochs": 5, "amp": "off"},  # bf16 on a CPU: 20x slower for its 6-16 channel layers (30 s vs 1.6 s an epoch of 3,000)
     # Notebook 06: the MLP as large as the small CNN, and the ladder's rungs (see LADDER).
     "mlp-wide": {"epochs": 10},
@@ -55,6 +59,9 @@ SERIES_MODELS: dict[str, tuple[str, dict]] = {
     "mlp": ("mlp", {}),
     "small-cnn": ("small-cnn", {}),
     "conv-stack-8": ("conv-stack", {"depth": 8, "padding": 1}),  # notebook 04: 8 padded 3x3 convs, a 17x17 field
+    "conv-stack-4": ("conv-stack", {"depth": 4, "padding": 1}),  # 9x9
+    "conv-stack-16": ("conv-stack", {"depth": 16, "padding": 1}),  # 33x33
+    "conv-stack-8-pool": ("conv-stack", {"depth": 8, "padding": 1, "pool_every": 2}),  # 68x68
     "lenet5": ("lenet5", {}),
     "mlp-wide": ("mlp", {"hidden": 1509}),  # 1,199,665 parameters: the small CNN's 1,199,882, give or take 217
     "small-cnn-bn": ("small-cnn", {"batchnorm": True}),

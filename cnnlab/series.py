@@ -7,10 +7,10 @@ from cnnlab import repo_root
 #: (number, file stem, title, what the learner sees and does)
 NOTEBOOKS: tuple[tuple[str, str, str, str], ...] = (
     ("00", "00_start_here", "Start here", "environment check, device, data, how to use the series"),
-    ("01", "01_linear_baseline", "The linear baseline", "softmax regression to ~92%; weights as templates; shift a digit and watch it fail"),
-    ("02", "02_mlp", "The MLP", "a 2-layer MLP to ~98%; still not shift-robust; parameters vs image size"),
+    ("01", "01_linear_baseline", "The linear baseline", "softmax regression to ~92%; weights as templates (and weight decay); shift a digit and watch it fail"),
+    ("02", "02_mlp", "The MLP", "a 2-layer MLP to ~98%; overfitting; still not shift-robust; parameters vs image size"),
     ("03", "03_convolution", "What a convolution computes", "kernel playground; weight sharing and translation equivariance; shape arithmetic"),
-    ("04", "04_pooling_and_receptive_fields", "Pooling, strides, receptive fields", "theoretical vs effective receptive fields on your own model"),
+    ("04", "04_pooling_and_receptive_fields", "Pooling, strides, receptive fields", "pooling after ReLU; theoretical vs effective receptive fields on your own model; a field smaller than a digit"),
     ("05", "05_small_cnn", "The small CNN, trained live", "live dashboard: curves, filters, feature maps; draw your own digit"),
     ("06", "06_modern_cnn", "A modern CNN with augmentation", "an ablation ladder from the small CNN: BatchNorm, global pooling, augmentation; seeds and an ensemble; structure, not size"),
     ("07", "07_accuracy_report", "Reading an accuracy report", "the source's table rebuilt: errors per million, intervals, McNemar, seeds, test-set size, every error"),

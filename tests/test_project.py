@@ -143,3 +143,60 @@ def test_stored_outputs_come_from_one_full_run_on_a_fresh_kernel():
         cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
         counts = [c["execution_count"] for c in cells]
         assert counts == list(range(1, len(cells) + 1)), f"{path.name}: execution counts {counts}"
+
+
+_RUN_LINE = re.compile(r"^([\w-]+): (?:loaded the saved run|saved the run) (\S+\.pt) \(test accuracy ([\d.]+)%\)", re.M)
+
+
+def stored_run_lines() -> list[tuple[str, str, str, str]]:
+    """``(notebook, run name, file, accuracy)`` for every saved run that a notebook's stored
+    outputs say they saved or loaded."""
+    found = []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+                found += [(path.stem[:2], *m.groups()) for m in _RUN_LINE.finditer(text)]
+    return found
+
+
+def test_a_saved_run_shows_the_same_accuracy_in_every_notebook():
+    """One saved run per model: a notebook that loads the MLP prints the accuracy of the very run
+    notebook 02 saved, so two notebooks never disagree about one model."""
+    lines = stored_run_lines()
+    assert {name for _, name, _, _ in lines} >= {"linear", "mlp", "small-cnn", "conv-stack-8", "modern-cnn"}
+    seen: dict[str, set] = {}
+    for notebook, _, file, acc in lines:
+        seen.setdefault(file, set()).add((notebook, acc))
+    disagree = {f: sorted(v) for f, v in seen.items() if len({acc for _, acc in v}) > 1}
+    assert not disagree, f"saved runs shown with different accuracies (notebook, accuracy): {disagree}"
+
+
+def test_the_stored_outputs_name_the_runs_the_series_settings_produce(monkeypatch):
+    """Every saved run in the stored outputs is the run that today's series settings name (model,
+    full MNIST, SERIES_SETTINGS, a seed the series uses): a settings change that would make a
+    re-run train a different model cannot leave outputs of the old one behind."""
+    from dataclasses import asdict
+
+    from cnnlab.runs import ENSEMBLE_SEEDS, SERIES_MODELS, run_path, series_model, series_settings
+    from cnnlab.train import make_config
+
+    monkeypatch.delenv("CNNLAB_SMOKE", raising=False)
+
+    class FullMnist:  # what run_path reads of the training set: its name and size
+        name = "mnist"
+
+        def __len__(self):
+            return 60_000
+
+    stale = []
+    for notebook, name, file, _ in stored_run_lines():
+        if name not in SERIES_MODELS:
+            stale.append(f"{notebook}: {name} is not one of the series' models (cnnlab.runs.SERIES_MODELS)")
+            continue
+        expected = [run_path(name, series_model(name), FullMnist(),
+                             asdict(make_config(**series_settings(name) | {"seed": seed}))).name
+                    for seed in (0, *ENSEMBLE_SEEDS)]
+        if file not in expected:
+            stale.append(f"{notebook}: {file} (today's settings name the seed-0 run {expected[0]})")
+    assert not stale, "stored outputs from runs the series no longer trains; re-run these notebooks:\n" + "\n".join(stale)

@@ -239,7 +239,7 @@ def widget_latency(data: ImageSet, models: dict, *, repeats: int = 5) -> dict[st
     from cnnlab.drawing import drawing_pad
     from cnnlab.train import predict
     from cnnlab.widgets import (augment_explorer, error_flagger, feature_map_explorer, kernel_playground,
-                                product_explorer, receptive_field_explorer, shift_explorer)
+                                product_explorer, receptive_field_explorer, shift_explorer, window_explorer)
 
     cnn = list(models.values())[-1]
     shown = data.subset(range(min(48, len(data))))
@@ -260,6 +260,7 @@ def widget_latency(data: ImageSet, models: dict, *, repeats: int = 5) -> dict[st
         (f"shift_explorer ({len(models)} models): shift right", lambda: shift_explorer(models, data),
          lambda b: slide(b.controls["dx"], [1, 2, 3, 0])),
         ("kernel_playground: stride", lambda: kernel_playground(data), lambda b: slide(b.controls["stride"], [2, 1])),
+        ("window_explorer: output col", lambda: window_explorer(data), lambda b: slide(b.controls["col"], [5, 6, 7, 8])),
         ("receptive_field_explorer: unit row", lambda: receptive_field_explorer({"cnn": cnn}, data, images=16),
          lambda b: slide(b.controls["row"], [1, 2, 0])),
         ("feature_map_explorer: channel", lambda: feature_map_explorer(cnn, data, pool=500),

@@ -14,17 +14,20 @@ from __future__ import annotations
 import copy
 import html
 import io
+import math
 import re
 import time
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from torch import Tensor, nn
 
 from cnnlab.data import ImageSet
 from cnnlab.device import model_device
-from cnnlab.hooks import feature_maps
-from cnnlab.train import Callback, LoopState, StopTraining
+from cnnlab.hooks import capture, leaf_layers
+from cnnlab.models import eval_mode
+from cnnlab.train import Callback, History, LoopState, StopTraining
 from cnnlab.viz import show_feature_maps, show_filters, tile
 
 __all__ = ["Every", "StopButton", "LiveDashboard", "BatchLosses", "in_notebook"]
@@ -187,13 +190,22 @@ def _stop_button_html(kernel_id: str | None, frontend: str = "jupyter") -> str:
 
 
 class LiveDashboard(Callback):
-    """Training watched live: loss and accuracy curves (train and test), the first conv layer's
-    filters, and the feature maps of one fixed digit for each conv layer, with images/s, elapsed
-    time and device. Give it a :class:`StopButton` as a sibling to stop from the page:
+    """Training watched live: loss and error curves (train and test) on log scales, so that the
+    last tenths of a percent stay readable; the first conv layer's filters; and for one fixed test
+    digit what each conv layer passes on (the maps after its ReLU, the first ``channels`` of them)
+    and the model's answer. The header gives images/s, elapsed time and device. Give it a
+    :class:`StopButton` as a sibling to stop from the page:
     ``fit(..., callbacks=[StopButton(), LiveDashboard(test_set)])``.
 
     Frames are drawn at most every ``every_s`` seconds, and further apart if drawing would take
-    more than ``budget`` of the time (the dashboard times itself: ``seconds``, ``share``).
+    more than ``budget`` of the time (the dashboard times itself: ``seconds``, ``share``). One more
+    frame is drawn when ``early`` of the steps are done, and kept (``early_png``, ``early_step``,
+    ``early_images``), so that a saved notebook shows the filters early as well as at the end.
+
+    images/s means what it means in :class:`~cnnlab.train.History` (each epoch's
+    ``images_per_s``): training images per second of the training loop's wall time, the dashboard's
+    own drawing included, the test evaluation not. The header shows it for the batches since the
+    frame before; the final frame for the whole run (``images_per_s``).
     """
 
     order = 20  # after the loop's own bookkeeping and any early-stopping callbacks
@@ -204,22 +216,32 @@ class LiveDashboard(Callback):
         index: int = 0,
         *,
         layers: list[str] | None = None,
+        channels: int = 16,
         every_s: float = 2.0,
         budget: float = 0.04,
+        early: float | None = 0.03,
         show: bool | None = None,
     ):
         if not 0 < budget < 1:
             raise ValueError(f"budget is a share of training time between 0 and 1, got {budget}")
+        if early is not None and not 0 < early < 1:
+            raise ValueError(f"early is a share of the training steps between 0 and 1 (or None), got {early}")
+        if not (isinstance(channels, int) and channels >= 1):
+            raise ValueError(f"channels must be a whole number >= 1, got {channels!r}")
         if data is not None and not 0 <= index < len(data):
             raise ValueError(f"index must be from 0 to {len(data) - 1}, got {index}")
-        self.data, self.index, self.layers = data, index, layers
-        self.every_s, self.budget = every_s, budget
+        self.data, self.index, self.layers, self.channels = data, index, layers, channels
+        self.every_s, self.budget, self.early = every_s, budget, early
         self.show = in_notebook() if show is None else show
         self.png = b""  # the latest frame
+        self.header = ""  # the latest frame's header line
+        self.early_png, self.early_step, self.early_images = b"", 0, 0  # the frame kept at `early` of the steps
         self.frame_log: list[tuple[float, float]] = []  # (start, seconds) of each frame, from the start of fit
         self.fit_seconds = 0.0  # wall time of the whole fit, set when it ends
         self._started = time.perf_counter()
         self.curves: dict[str, list[tuple[float, float]]] = {}
+        self._history: History | None = None
+        self._tail_images, self._tail_start, self._tail_end = 0, 0.0, 0.0
         self._fig: Figure | None = None
         self._cpu_twin: nn.Module | None = None
         self._handle = None
@@ -228,36 +250,55 @@ class LiveDashboard(Callback):
     def before_fit(self, state: LoopState) -> None:
         t0 = time.perf_counter()
         self.fit_seconds, self.png = 0.0, b""
+        self.early_png, self.early_step, self.early_images = b"", 0, 0
         self.frame_log = []
+        self._history = state.history
         self._bf16 = state.amp
         self.curves = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
         self._reset_window(state)
         self._throttle = Every(self.every_s)
+        total_steps = state.steps_per_epoch * state.config.epochs
+        self._early_step = max(1, math.ceil(self.early * total_steps)) if self.early else 0
+        self._early_index = -1  # where the early frame is in frame_log
+        self._images_seen = 0
         model = state.model
         self._cpu_twin = None
         convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        self._first_conv = dict(model.named_modules())[convs[0]] if convs else None
-        self._map_layers = self.layers if self.layers is not None else convs
+        self._first_conv = (convs[0], dict(model.named_modules())[convs[0]]) if convs else None
+        self._map_layers = self.layers if self.layers is not None else _passed_on(model)
         self._draw(state)
         self._spaced(t0, time.perf_counter() - t0)
+        self._window_start = self._tail_start = time.perf_counter()  # images/s counts from the first batch
+
+    def before_epoch(self, state: LoopState) -> None:
+        self._epoch_start = time.perf_counter()
 
     def after_batch(self, state: LoopState) -> None:
         n = len(state.yb)
         self._loss_sum += state.loss.detach().float() * n
         self._correct += (state.logits.argmax(1) == state.yb).sum()
         self._seen += n
-        if self._throttle.ready():
+        self._tail_images += n
+        self._images_seen += n
+        if state.step == self._early_step:  # one frame more, whatever the throttle says, kept
+            self._frame(state)
+            self.early_png, self.early_step, self.early_images = self.png, state.step, self._images_seen
+            self._early_index = len(self.frame_log) - 1
+        elif self._throttle.ready():
             self._frame(state)
 
     def after_epoch(self, state: LoopState) -> None:
         e = state.history.epochs[-1]
+        now = time.perf_counter()
+        self._window_start += max(0.0, now - (self._epoch_start + e["seconds"]))  # the test evaluation is not training
+        self._tail_images, self._tail_start = 0, now
         if "test_acc" in e:
             self.curves["test_loss"].append((float(e["epoch"]), e["test_loss"]))
             self.curves["test_acc"].append((float(e["epoch"]), e["test_acc"]))
         # No frame of its own: the next one (within the throttle's wait) shows the new test point.
 
     def after_fit(self, state: LoopState) -> None:
-        t0 = time.perf_counter()
+        t0 = self._tail_end = time.perf_counter()
         try:
             if self._seen:
                 self._record_window(state)
@@ -283,14 +324,23 @@ class LiveDashboard(Callback):
         elapsed = self.fit_seconds or time.perf_counter() - self._started
         return self.seconds / max(elapsed, 1e-9)
 
+    @property
+    def images_per_s(self) -> float:
+        """Training images per second over the run so far: its full epochs as History timed them,
+        plus the batches of an unfinished epoch (the same definition, see the class docstring)."""
+        epochs = self._history.epochs if self._history is not None else []
+        images = sum(e["images_per_s"] * e["seconds"] for e in epochs) + self._tail_images
+        tail = ((self._tail_end or time.perf_counter()) - self._tail_start) if self._tail_images else 0.0
+        return images / max(sum(e["seconds"] for e in epochs) + tail, 1e-9)
+
     # ----- measuring and drawing ---------------------------------------------------------------------
     def _reset_window(self, state: LoopState) -> None:
         self._started = state.started
         self._loss_sum = torch.zeros((), device=state.device)
         self._correct = torch.zeros((), device=state.device, dtype=torch.long)
         self._seen = 0
-        self._window_start = time.perf_counter()
-        self._window_images = 0
+        self._tail_images, self._tail_end = 0, 0.0
+        self._window_start = self._tail_start = time.perf_counter()
         self._images_per_s = 0.0
 
     def _record_window(self, state: LoopState) -> None:
@@ -309,9 +359,8 @@ class LiveDashboard(Callback):
         if self._seen:
             self._record_window(state)
         self._draw(state)
-        spent = time.perf_counter() - t0
-        self._spaced(t0, spent)
-        self._window_start += spent  # images/s counts training time, not drawing time
+        self._spaced(t0, time.perf_counter() - t0)
+        # the frame's time stays in the next window: images/s counts the loop's wall time, as History does
 
     def _spaced(self, t0: float, spent: float) -> None:
         """Count a frame's cost, and keep drawing to about ``budget`` of the time: the next frame
@@ -320,11 +369,18 @@ class LiveDashboard(Callback):
         self._throttle.seconds = max(self.every_s, spent / self.budget)
         self._throttle.reset()
 
-    def _maps(self, state: LoopState) -> dict[str, Tensor]:
+    @torch.no_grad()
+    def _look(self, state: LoopState) -> tuple[dict[str, Tensor], Tensor | None]:
+        """The fixed digit's maps (the first ``channels`` of each layer) and class probabilities,
+        from one forward pass on the CPU."""
         if self.data is None:
-            return {}
-        x = self.data.x[self.index : self.index + 1].cpu()
-        return {name: feature_maps(self._twin(state.model), x, name)[0] for name in self._map_layers}
+            return {}, None
+        model = self._twin(state.model)
+        x = self.data.x[self.index : self.index + 1].cpu().float()
+        with eval_mode(model), capture(model, self._map_layers) as acts:
+            probs = model(x).float().softmax(1)[0]
+        self._map_channels = {name: acts[name].shape[1] for name in self._map_layers}
+        return {name: acts[name][0, : self.channels].float() for name in self._map_layers}, probs
 
     def _twin(self, model: nn.Module) -> nn.Module:
         """The model itself on the CPU; elsewhere a CPU copy refreshed with its weights (one copy
@@ -337,25 +393,39 @@ class LiveDashboard(Callback):
         self._cpu_twin.load_state_dict(model.state_dict())
         return self._cpu_twin
 
-    def _layout(self, state: LoopState, maps: dict[str, Tensor]) -> None:
+    def _layout(self, state: LoopState, maps: dict[str, Tensor], probs: Tensor | None) -> None:
         """The figure and every artist, once; later frames only change their data (clearing and
         redrawing axes was half of a frame's cost)."""
         n_maps = len(maps)
-        self._fig = Figure(figsize=(12, 6.6 if n_maps else 3.2))
-        grid = self._fig.add_gridspec(2 if n_maps else 1, max(3, n_maps + 1), height_ratios=[1, 1.35] if n_maps else None)
+        ncols = max(4, n_maps + 2)
+        self._fig = Figure(figsize=(12, 5.8 if n_maps else 2.9))
+        grid = self._fig.add_gridspec(2 if n_maps else 1, ncols, height_ratios=[1, 1.15] if n_maps else None)
         self._ax_loss = self._fig.add_subplot(grid[0, 0])
-        self._ax_acc = self._fig.add_subplot(grid[0, 1])
+        self._ax_err = self._fig.add_subplot(grid[0, 1])
         self._ax_filters = self._fig.add_subplot(grid[0, 2:])
         self._lines = {}
-        for ax, key, label in ((self._ax_loss, "loss", "cross-entropy loss"), (self._ax_acc, "acc", "accuracy (%)")):
-            for split, style in (("train", "-"), ("test", "o--")):
-                (self._lines[f"{split}_{key}"],) = ax.plot([], [], style, label=split, ms=4)
-            ax.set(xlabel="epoch", title=label, xlim=(0, state.config.epochs or 1))
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, loc="upper right" if key == "loss" else "lower right")
+        for ax, key, title in ((self._ax_loss, "loss", "cross-entropy loss (log scale)"),
+                               (self._ax_err, "acc", "error % (log scale): 1% = 99% accuracy")):
+            for split, style, ms in (("train", ".-", 3), ("test", "o--", 4)):
+                (self._lines[f"{split}_{key}"],) = ax.plot([], [], style, label=split, ms=ms)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(FixedLocator(_LOG_TICKS))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlim(0, state.config.epochs or 1)
+            ax.set_xlabel("epoch", fontsize=8, labelpad=1)
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8, loc="upper right")
             ax.tick_params(labelsize=8)
+        self._ax_loss.set_ylim(0.01, 3)
+        self._ax_err.set_ylim(0.3, 100)
+        self._ax_loss.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        self._ax_err.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
         if self._first_conv is not None:
-            show_filters(self._first_conv.weight, ax=self._ax_filters, title="first-layer filters (input channel 0)")
+            name, conv = self._first_conv
+            w = conv.weight
+            show_filters(w, ax=self._ax_filters, title=f"{name}: {w.shape[0]} filters, {w.shape[2]}x{w.shape[3]}"
+                         + (" (input channel 0)" if w.shape[1] > 1 else ""))
             self._im_filters = self._ax_filters.images[-1]
         else:
             self._ax_filters.axis("off")
@@ -365,27 +435,42 @@ class LiveDashboard(Callback):
             digit = self.data.denormalize(self.data.x[self.index].float().cpu())
             ax_digit.imshow(digit[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
             ax_digit.set_title(f"test digit #{self.index}", fontsize=9)
-            ax_digit.set_xticks([])
-            ax_digit.set_yticks([])
+            ax_digit.set(xticks=[], yticks=[])
             for i, (name, m) in enumerate(maps.items()):
                 ax = self._fig.add_subplot(grid[1, 1 + i])
-                show_feature_maps(m, ax=ax, title=f"{name}: {m.shape[0]} maps, {m.shape[1]}x{m.shape[2]}")
+                show_feature_maps(m, ax=ax, ncols=math.ceil(math.sqrt(m.shape[0])),
+                                  title=f"{name}: {m.shape[0]} of {self._map_channels[name]} maps, {m.shape[1]}x{m.shape[2]}")
                 self._im_maps.append(ax.images[-1])
+            self._ax_probs = self._fig.add_subplot(grid[1, 1 + n_maps])
+            short = [c.split(" - ")[0] for c in self.data.classes]
+            self._bars = self._ax_probs.barh(range(len(probs)), probs.numpy(), color="tab:blue")
+            self._ax_probs.set_yticks(range(len(probs)), short, fontsize=8)
+            self._ax_probs.invert_yaxis()
+            self._ax_probs.set_xlim(0, 1)
+            self._ax_probs.set_xlabel("probability", fontsize=8, labelpad=1)
+            self._ax_probs.tick_params(axis="x", labelsize=8)
         self._draw_status(state, final=False)
-        self._fig.tight_layout(rect=(0, 0, 1, 0.95))  # once: the layout does not change between frames
+        self._fig.tight_layout(rect=(0, 0, 1, 0.97), h_pad=1.0, w_pad=1.0)  # once: the layout does not change
 
     def _draw(self, state: LoopState, final: bool = False) -> None:
-        maps = self._maps(state)
+        maps, probs = self._look(state)
         if self._fig is None:
-            self._layout(state, maps)
+            self._layout(state, maps, probs)
         else:
             if self._first_conv is not None:
-                w = tile(self._first_conv.weight.detach().float().cpu()[:, 0], 8)  # show_filters' 8 columns
+                w = tile(self._first_conv[1].weight.detach().float().cpu()[:, 0], 8)  # show_filters' 8 columns
                 limit = max(float(torch.nan_to_num(w).abs().max()), 1e-8)
                 self._im_filters.set_data(w.numpy())
                 self._im_filters.set_clim(-limit, limit)
             for im, m in zip(self._im_maps, maps.values()):
-                im.set_data(tile(m, normalize=True).numpy())  # each map scaled to its own range, as drawn first
+                im.set_data(tile(m, math.ceil(math.sqrt(m.shape[0])), normalize=True).numpy())  # as drawn first
+        if probs is not None:
+            top = int(probs.argmax())
+            for k, bar in enumerate(self._bars):
+                bar.set_width(float(probs[k]))
+                bar.set_color("tab:orange" if k == top else "tab:blue")
+            self._ax_probs.set_title(f"its answer now: {self.data.classes[top].split(' - ')[0]} ({float(probs[top]):.0%})",
+                                     fontsize=9)
         self._draw_curves()
         self._draw_status(state, final)
         buf = io.BytesIO()
@@ -403,15 +488,13 @@ class LiveDashboard(Callback):
 
     def _draw_curves(self) -> None:
         for key, line in self._lines.items():
-            scale = 100 if key.endswith("acc") else 1
             points = self.curves[key]
-            line.set_data([x for x, _ in points], [scale * y for _, y in points])
-        for ax in (self._ax_loss, self._ax_acc):
-            ax.relim()
-            ax.autoscale_view(scalex=False)
-        if self.curves["test_acc"]:
-            best = self.curves["test_acc"][-1][1]
-            self._ax_acc.set_ylim(max(0, 100 * min(y for _, y in self.curves["train_acc"] or [(0, best)]) - 1), 100)
+            ys = [100 * (1 - y) if key.endswith("acc") else y for _, y in points]  # accuracy drawn as error %
+            line.set_data([x for x, _ in points], [y if y > 0 else float("nan") for y in ys])  # 0 has no log
+        for ax, key, floor in ((self._ax_loss, "loss", 1e-4), (self._ax_err, "acc", 0.01)):
+            ys = [y for split in ("train", "test") for y in self._lines[f"{split}_{key}"].get_ydata() if y > 0]
+            if ys:  # from the smallest value to the largest, with a margin (a log axis has no zero)
+                ax.set_ylim(max(min(ys) / 1.5, floor), max(ys) * 1.5 if key == "loss" else min(100, max(ys) * 1.5))
 
     def _draw_status(self, state: LoopState, final: bool) -> None:
         h = state.history
@@ -419,9 +502,32 @@ class LiveDashboard(Callback):
         test = f" · test accuracy {h.last('test_acc'):.2%}" if h.epochs and "test_acc" in h.epochs[-1] else ""
         amp = " (bf16)" if self._bf16 else ""
         where = "finished" if final and h.stopped is None else ("stopped" if final else "training")
-        self._fig.suptitle(  # the same Text each frame: suptitle updates it
+        rate = f"{self.images_per_s:,.0f} images/s over the run" if final else f"{self._images_per_s:,.0f} images/s"
+        self.header = (
             f"{where}: epoch {min(state.epoch + 1, state.config.epochs)}/{state.config.epochs} · step {state.step:,}/"
-            f"{state.steps_per_epoch * state.config.epochs:,} · {self._images_per_s:,.0f} images/s · {elapsed:.0f} s · "
-            f"{state.device.type}{amp}{test} · dashboard {self.seconds:.1f} s",
-            fontsize=10, x=0.01, ha="left",
+            f"{state.steps_per_epoch * state.config.epochs:,} · {rate} · {elapsed:.0f} s · "
+            f"{state.device.type}{amp}{test} · dashboard {self.seconds:.1f} s ({self.seconds / max(elapsed, 1e-9):.1%})"
         )
+        self._fig.suptitle(self.header, fontsize=10, x=0.01, y=0.995, ha="left", va="top")  # suptitle updates one Text
+
+
+_LOG_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]  # 1-2-5 on a log axis
+
+
+def _passed_on(model: nn.Module) -> list[str]:
+    """For each conv layer, the layer whose maps the next layer receives: the activation after it
+    (``relu1`` after ``conv1``, past any normalisation in between), or the conv itself if none."""
+    leaves = leaf_layers(model)
+    names = []
+    for k, (name, m) in enumerate(leaves):
+        if not isinstance(m, nn.Conv2d):
+            continue
+        chosen = name
+        for after, nxt in leaves[k + 1 :]:
+            if type(nxt).__module__ == "torch.nn.modules.activation":
+                chosen = after
+                break
+            if type(nxt).__module__ != "torch.nn.modules.batchnorm" and not isinstance(nxt, (nn.GroupNorm, nn.LayerNorm)):
+                break
+        names.append(chosen)
+    return list(dict.fromkeys(names))

@@ -10,6 +10,8 @@ compute exactly what it computes, for any kernel size, stride, padding and dilat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,8 @@ from torch import Tensor
 
 __all__ = [
     "conv_output_size", "conv2d_loops", "conv2d_unfold", "KERNEL_PRESETS", "kernel_preset",
-    "apply_kernel", "parse_kernel", "conv_layer_summary",
+    "apply_kernel", "parse_kernel", "conv_layer_summary", "channel_contributions", "ConvWindow", "output_window",
+    "shift_difference",
 ]
 
 
@@ -146,3 +149,80 @@ def conv_layer_summary(c_in: int, h: int, w: int, c_out: int, kernel: int, strid
         "parameters": c_out * c_in * kernel * kernel + c_out,
         "multiply_adds": c_out * h_out * w_out * c_in * kernel * kernel,
     }
+
+
+def channel_contributions(x: Tensor, weight: Tensor, stride=1, padding=0, dilation=1) -> Tensor:
+    """Each input channel's share of a convolution, kept apart: (B, C_out, C_in, H', W') for ``x``
+    (B, C_in, H, W) and ``weight`` (C_out, C_in, k, k). Summed over C_in, plus the bias, it is
+    ``F.conv2d(x, weight, bias)``: one k x k kernel per (output, input) channel pair, added up."""
+    c_out, c_in, kh, kw = weight.shape
+    h_out = conv_output_size(x.shape[2], kh, _pair(stride)[0], _pair(padding)[0], _pair(dilation)[0])
+    w_out = conv_output_size(x.shape[3], kw, _pair(stride)[1], _pair(padding)[1], _pair(dilation)[1])
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # (B, C_in*kh*kw, L)
+    cols = cols.view(x.shape[0], c_in, kh * kw, -1)  # (B, C_in, kh*kw, L): each channel's patches apart
+    out = torch.einsum("bckl,ock->bocl", cols, weight.reshape(c_out, c_in, kh * kw))  # no sum over c
+    return out.reshape(x.shape[0], c_out, c_in, h_out, w_out)
+
+
+@dataclass(frozen=True)
+class ConvWindow:
+    """What one output pixel of a convolution reads and computes (see :func:`output_window`)."""
+
+    row: int  # the output pixel
+    col: int
+    rows: slice  # the input rows and columns it reads; below 0 or past the edge: the zero padding
+    cols: slice
+    values: Tensor  # the input under the kernel (padding read as 0), shaped like the kernel
+    kernel: Tensor
+    products: Tensor  # values * kernel
+    bias: float
+    total: float  # products.sum() + bias, computed here
+    fmap: Tensor  # the whole output, from F.conv2d: fmap[row, col] is the same number as total
+
+    def arithmetic(self, digits: int = 2) -> str:
+        """The computation as text: a line per kernel row (window value · weight, added up), then the sum."""
+        rows = zip(self.values.reshape(-1, self.values.shape[-1]).tolist(),
+                   self.kernel.reshape(-1, self.kernel.shape[-1]).tolist())
+        lines = ["  " + " + ".join(f"{v:.{digits}f}·({w:.{digits}f})" for v, w in zip(vr, wr)) for vr, wr in rows]
+        bias = f" + {self.bias:g} (the bias)" if self.bias else ""
+        return "\n".join(lines) + f"\n= {float(self.products.sum()):.4f}{bias}" + (f" = {self.total:.4f}" if bias else "")
+
+
+def output_window(image: Tensor, kernel: Tensor, row: int, col: int, *, stride: int = 1, padding: int = 0,
+                  bias: float = 0.0) -> ConvWindow:
+    """The input window output pixel ``(row, col)`` reads, for a (H, W) or (C_in, H, W) ``image`` and
+    a (k, k) or (C_in, k, k) ``kernel`` with ``stride`` and ``padding``: the window's place and
+    values, the products with the kernel and their sum, beside the whole ``F.conv2d`` output.
+    Computed on the image's device, returned there."""
+    x = image.float().reshape(1, -1, *image.shape[-2:])  # (1, C_in, H, W)
+    k = torch.as_tensor(kernel, dtype=torch.float32, device=x.device)
+    size = k.shape[-1]
+    if k.shape[-2] != size or k.numel() != x.shape[1] * size * size:
+        raise ValueError(f"the kernel must be (k, k) or ({x.shape[1]}, k, k) for a {x.shape[1]}-channel image, "
+                         f"got {tuple(k.shape)}")
+    h_out = conv_output_size(x.shape[2], size, stride, padding)  # a clear error if it does not fit
+    w_out = conv_output_size(x.shape[3], size, stride, padding)
+    for name, v, n in (("row", row, h_out), ("col", col, w_out)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
+            raise ValueError(f"output {name} {v!r} is outside 0–{n - 1}: a {size}x{size} kernel with stride {stride} "
+                             f"and padding {padding} gives a {h_out}x{w_out} output")
+    top, left = row * stride - padding, col * stride - padding  # input coordinates: below 0 is padding
+    padded = F.pad(x, (padding, padding, padding, padding))  # the zeros F.conv2d reads there
+    values = padded[0, :, top + padding : top + padding + size, left + padding : left + padding + size].reshape(k.shape)
+    products = values * k
+    b = torch.tensor([float(bias)], device=x.device)
+    fmap = F.conv2d(x, k.reshape(1, x.shape[1], size, size), b, stride=stride, padding=padding)[0, 0]  # (H', W')
+    return ConvWindow(row, col, slice(top, top + size), slice(left, left + size), values, k, products,
+                      float(bias), float(products.sum()) + float(bias), fmap)
+
+
+def shift_difference(layer: Callable[[Tensor], Tensor], x: Tensor, dx: int, dy: int,
+                     out_shift: tuple[int, int] | None = None, *, fill: float = 0.0) -> Tensor:
+    """``layer(shift(x)) - shift(layer(x))``: "shift, then the layer" minus "the layer, then shift".
+    Zero away from the borders for an equivariant layer. ``out_shift`` (right, down) is how far the
+    output should move, ``(dx, dy)`` unless given: half as far after a stride or a pool of 2."""
+    from cnnlab.transforms import shift_images  # here, not at the top: transforms imports models, which imports conv
+
+    odx, ody = (dx, dy) if out_shift is None else out_shift
+    with torch.no_grad():
+        return layer(shift_images(x, dx, dy, fill)) - shift_images(layer(x), odx, ody)

@@ -1,6 +1,9 @@
 """Where a model looks: saliency maps from gradients.
 
-- :func:`input_gradients`: |d class score / d pixel| — which pixels would change the score most.
+- :func:`input_gradients`: d class score / d pixel — which pixels would change the score most
+  (its size by default; ``signed=True`` keeps the sign: raising that pixel raises the score).
+- :func:`smoothgrad`: SmoothGrad (Smilkov et al., 2017) — the signed input gradient averaged over
+  noisy copies of the image, which removes most of the pixel-to-pixel speckle of one gradient.
 - :func:`grad_cam`: Grad-CAM (Selvaraju et al., 2017) — a conv layer's maps weighted by the
   average gradient of the class score with respect to each map, positive part, laid on the
   input with each unit at the centre of its receptive field. For a network that ends in global
@@ -18,7 +21,7 @@ from cnnlab.device import model_device
 from cnnlab.hooks import capture
 from cnnlab.models import eval_mode
 
-__all__ = ["input_gradients", "grad_cam"]
+__all__ = ["input_gradients", "smoothgrad", "grad_cam"]
 
 
 def _targets(logits: Tensor, target: int | Tensor | None) -> Tensor:
@@ -30,15 +33,54 @@ def _targets(logits: Tensor, target: int | Tensor | None) -> Tensor:
     return target
 
 
-def input_gradients(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> Tensor:
-    """|d logit[target] / d x| for images ``x`` (B, C, H, W), the largest over channels: (B, H, W).
-    ``target`` None means each image's predicted class."""
+def _input_gradient(model: nn.Module, x: Tensor, target: int | Tensor | None) -> tuple[Tensor, Tensor]:
+    """d logit[target] / d x for images ``x`` already on the model's device, (B, C, H, W), and the
+    classes it was taken for, (B,)."""
+    x = x.detach().float().requires_grad_(True)
+    logits = model(x)
+    targets = _targets(logits, target)
+    (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), x)
+    return grad, targets
+
+
+def input_gradients(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, signed: bool = False) -> Tensor:
+    """d logit[target] / d x for images ``x`` (B, C, H, W): (B, H, W). By default its size, the
+    largest over channels; ``signed=True``: the gradient summed over channels (positive where
+    raising that pixel raises the score). ``target`` None means each image's predicted class."""
     with eval_mode(model):
-        x = x.detach().to(model_device(model)).float().requires_grad_(True)
-        logits = model(x)
-        chosen = logits.gather(1, _targets(logits, target)[:, None]).sum()
-        (grad,) = torch.autograd.grad(chosen, x)
-    return grad.abs().amax(1).cpu()
+        grad, _ = _input_gradient(model, x.to(model_device(model)), target)
+    return (grad.sum(1) if signed else grad.abs().amax(1)).cpu()
+
+
+def smoothgrad(
+    model: nn.Module,
+    x: Tensor,
+    target: int | Tensor | None = None,
+    *,
+    samples: int = 50,
+    noise: float = 0.15,
+    seed: int = 0,
+) -> Tensor:
+    """SmoothGrad (Smilkov et al., 2017): the signed input gradient (as ``input_gradients(...,
+    signed=True)``) averaged over ``samples`` copies of each image with Gaussian noise added, of
+    standard deviation ``noise`` x (the image's max - min). The paper's advice: noise 10-20%, about
+    50 samples. ``noise=0`` gives the plain gradient. The class is chosen on the clean image
+    (``target`` None: its prediction); the noise is drawn on the CPU from ``seed``, so the answer is
+    the same on every device. Returns (B, H, W) on the CPU."""
+    if not (isinstance(samples, int) and samples >= 1) or noise < 0:
+        raise ValueError(f"need samples >= 1 and noise >= 0, got samples={samples!r}, noise={noise}")
+    device = model_device(model)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with eval_mode(model):
+        x = x.detach().to(device).float()
+        with torch.no_grad():
+            targets = _targets(model(x), target)
+        sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1))  # (B,): one noise level per image
+        total = torch.zeros_like(x)
+        for _ in range(samples):
+            eps = torch.randn(x.shape, generator=generator, device="cpu").to(device)
+            total += _input_gradient(model, x + sigma[:, None, None, None] * eps, targets)[0]
+    return (total / samples).sum(1).cpu()
 
 
 def grad_cam(model: nn.Module, x: Tensor, layer: str, target: int | Tensor | None = None) -> Tensor:

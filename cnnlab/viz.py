@@ -247,8 +247,9 @@ def show_mistakes(data: ImageSet, probs: Tensor, *, k: int = 16, ncols: int = 8)
 
 
 def show_convolution(image: Tensor, kernel: Tensor, fmap: Tensor, *, axes: Sequence[Axes] | None = None) -> Figure:
-    """Input image, kernel and feature map side by side; kernel and map share a diverging scale
-    (red positive, blue negative) so the sign of every response is visible."""
+    """Input image, kernel and feature map side by side, each signed one on a diverging scale
+    centred on zero (red positive, blue negative) so the sign of every response is visible: the
+    kernel's values are printed in its cells, the map has a colorbar."""
     made = axes is None  # lay out only a figure made here; a widget lays out its own once
     if made:
         fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), width_ratios=[1, 0.8, 1])
@@ -264,7 +265,8 @@ def show_convolution(image: Tensor, kernel: Tensor, fmap: Tensor, *, axes: Seque
     axes[1].set_title(f"kernel {k.shape[0]}x{k.shape[1]}", fontsize=9)
     f = fmap.float().cpu()
     flim = max(float(f.abs().max()), 1e-6)
-    axes[2].imshow(f.numpy(), cmap="RdBu_r", vmin=-flim, vmax=flim)
+    im = axes[2].imshow(f.numpy(), cmap="RdBu_r", vmin=-flim, vmax=flim)
+    _colorbar(axes[2], im, "response")
     axes[2].set_title(f"feature map {tuple(f.shape)}", fontsize=9)
     for ax in axes:
         ax.set_xticks([])
@@ -283,7 +285,7 @@ def show_receptive_field(
     title: str = "",
 ) -> Figure:
     """A digit with a unit's theoretical receptive field drawn as a box, and (if given) the
-    effective receptive field as a heat map with the same box."""
+    effective receptive field as a heat map with the same box and a colorbar."""
     from matplotlib.patches import Rectangle
 
     n = 1 if erf is None else 2
@@ -301,7 +303,8 @@ def show_receptive_field(
     axes[0].add_patch(box())
     axes[0].set_title(title or "theoretical receptive field", fontsize=9)
     if erf is not None:
-        axes[1].imshow(erf.detach().float().cpu().numpy(), cmap="magma")
+        im = axes[1].imshow(erf.detach().float().cpu().numpy(), cmap="magma", vmin=0)
+        _colorbar(axes[1], im, "|d unit / d pixel|")
         axes[1].add_patch(box())
         axes[1].set_title("effective: |d unit / d input|", fontsize=9)
     for ax in axes:
@@ -311,19 +314,20 @@ def show_receptive_field(
     return fig
 
 
-def show_maps(maps: Mapping[str, Tensor], *, size: float = 2.6) -> Figure:
+def show_maps(maps: Mapping[str, Tensor], *, size: float = 2.6, label: str = "value") -> Figure:
     """2-D maps side by side, each titled with its name and shape (e.g. a feature map before and
-    after pooling). Maps with negative values get a diverging scale centred on zero."""
+    after pooling), each with a colorbar labelled ``label``. Maps with negative values get a
+    diverging scale centred on zero; a map that is zero everywhere says so in its title."""
     fig, axes = plt.subplots(1, len(maps), figsize=(size * len(maps), size * 1.1), squeeze=False)
     for ax, (name, m) in zip(axes[0], maps.items()):
         m = m.detach().float().cpu()
+        peak = float(m.abs().max())
         if m.min() < 0:
-            limit = float(m.abs().max())
-            im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+            im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-peak, vmax=peak)
         else:
-            im = ax.imshow(m.numpy(), cmap="gray_r", vmin=0)
-        fig.colorbar(im, ax=ax, shrink=0.75, pad=0.03)
-        ax.set_title(f"{name}\n{tuple(m.shape)}", fontsize=9)
+            im = ax.imshow(m.numpy(), cmap="gray_r", vmin=0, vmax=peak or 1.0)  # all zero: white, not a grey guess
+        fig.colorbar(im, ax=ax, shrink=0.75, pad=0.03, label=label)
+        ax.set_title(f"{name}\n{tuple(m.shape)}" + ("; all 0" if peak == 0 else ""), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
@@ -368,21 +372,43 @@ def tile(maps: Tensor, ncols: int | None = None, *, normalize: bool = False) -> 
     return out
 
 
+def _colorbar(ax: Axes, mappable, label: str = "", *, ticks: Sequence[float] | None = None,
+              ticklabels: Sequence[str] | None = None, extend: str = "neither"):
+    """A slim colorbar just right of ``ax``, inside its layout box: it takes no room from other axes,
+    and ``ax.clear()`` removes it with the rest (widgets redraw their axes that way)."""
+    cax = ax.inset_axes([1.03, 0.0, 0.045, 1.0])
+    cb = ax.figure.colorbar(mappable, cax=cax, ticks=ticks, extend=extend)
+    if ticklabels is not None:
+        cb.set_ticklabels(ticklabels)
+    cb.ax.tick_params(labelsize=7, length=2, pad=1)
+    if label:
+        cb.set_label(label, fontsize=7, labelpad=2)
+    return cb
+
+
+#: colour maps for tiled grids: the NaN gaps between tiles light grey, so that tiles near zero keep their edges
+_GRID_CMAPS = {name: plt.get_cmap(name).with_extremes(bad="0.82") for name in ("RdBu_r", "Reds")}
+
+
 def _diverging(ax: Axes, image: Tensor, limit: float | None = None):
     limit = limit or max(float(torch.nan_to_num(image).abs().max()), 1e-8)
-    im = ax.imshow(image.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    im = ax.imshow(image.numpy(), cmap=_GRID_CMAPS["RdBu_r"], vmin=-limit, vmax=limit, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     return im
 
 
-def show_filters(weight: Tensor, *, ax: Axes | None = None, ncols: int = 8, title: str = "") -> Axes:
+def show_filters(weight: Tensor, *, ax: Axes | None = None, ncols: int = 8, title: str = "",
+                 colorbar: bool = True) -> Axes:
     """A conv layer's filters (C_out, C_in, k, k) as a grid of k x k images on one diverging scale
-    (red: the filter adds that pixel, blue: subtracts it). Multi-channel filters show input channel 0."""
+    with a colorbar (red: the filter adds that pixel, blue: subtracts it). Multi-channel filters
+    show input channel 0."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(ncols * 0.45, math.ceil(weight.shape[0] / ncols) * 0.45 + 0.4))
+        _, ax = plt.subplots(figsize=(ncols * 0.45 + 0.8, math.ceil(weight.shape[0] / ncols) * 0.45 + 0.4))
     w = weight.detach().float().cpu()
-    _diverging(ax, tile(w[:, 0], ncols))
+    im = _diverging(ax, tile(w[:, 0], ncols))
+    if colorbar:
+        _colorbar(ax, im, "weight")
     ax.set_title(title or f"{w.shape[0]} filters, {w.shape[2]}x{w.shape[3]}", fontsize=9)
     return ax
 
@@ -394,16 +420,30 @@ def show_feature_maps(
     ncols: int | None = None,
     title: str = "",
     highlight: int | None = None,
+    normalize: bool = True,
+    colorbar: bool = True,
 ) -> Axes:
-    """Every channel of one image's feature maps (C, H, W) in a grid, each scaled to its own range;
-    ``highlight`` outlines one channel."""
+    """Every channel of one image's feature maps (C, H, W) in a grid; ``highlight`` outlines one
+    channel. ``normalize`` (the default) scales each map to its own largest value, so a weak
+    channel is as visible as a strong one; otherwise all share one scale. The colorbar says which.
+    Maps with no negative values (after a ReLU) go from white (0) to red, others are red and blue
+    around zero. What is drawn is ``tile(maps, ncols, normalize=normalize)``."""
     from matplotlib.patches import Rectangle
 
     c, h, w = maps.shape
     ncols = ncols or _columns(c)
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 5 * math.ceil(c / ncols) / ncols + 0.4))
-    _diverging(ax, tile(maps, ncols, normalize=True), 1.0)
+        _, ax = plt.subplots(figsize=(5.6, 5 * math.ceil(c / ncols) / ncols + 0.4))
+    grid = tile(maps, ncols, normalize=normalize)
+    peak = 1.0 if normalize else max(float(torch.nan_to_num(grid).abs().max()), 1e-8)
+    if torch.nan_to_num(grid).min() >= 0:  # nothing below zero: the whole scale for the responses
+        im = ax.imshow(grid.numpy(), cmap=_GRID_CMAPS["Reds"], vmin=0, vmax=peak, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        im = _diverging(ax, grid, peak)
+    if colorbar:
+        _colorbar(ax, im, "each map / its own max" if normalize else "activation (one scale for all)")
     if highlight is not None:
         r, q = divmod(highlight, ncols)
         ax.add_patch(Rectangle((q * (w + 1) - 1, r * (h + 1) - 1), w + 1, h + 1, fill=False, ec="gold", lw=2))
@@ -411,27 +451,43 @@ def show_feature_maps(
     return ax
 
 
-def show_saliency(image: Tensor, maps: Mapping[str, Tensor], *, axes: Sequence[Axes] | None = None, title: str = "") -> Figure:
-    """An image (1, H, W) in [0, 1] beside each saliency map (H, W) laid over it as a heat map."""
+def show_saliency(image: Tensor, maps: Mapping[str, Tensor], *, axes: Sequence[Axes] | None = None, title: str = "",
+                  labels: Mapping[str, str] | None = None) -> Figure:
+    """An image (1, H, W) in [0, 1] beside each saliency map (H, W), with the image's outline drawn
+    on top. Each map has its own scale and a colorbar: a signed map (an input gradient) is red
+    where raising that pixel (more ink) would raise the class score and blue where it would lower
+    it, white at zero; a map with no negative values (Grad-CAM) goes from white (0) to red. The
+    darkest colour starts at the 99th percentile of the values, so a few extreme pixels do not wash
+    out the rest. ``labels``: a colorbar label for some maps, by name."""
     n = len(maps) + 1
-    if axes is None:
-        fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 2.9))
+    made = axes is None
+    if made:
+        fig, axes = plt.subplots(1, n, figsize=(2.9 * n, 2.9))
     fig = axes[0].figure
-    import numpy as np
-
-    gray = image.float().cpu().reshape(image.shape[-2:]).numpy()
-    axes[0].imshow(gray, cmap="gray_r", vmin=0, vmax=1)
+    gray = image.float().cpu().reshape(image.shape[-2:])
+    axes[0].imshow(gray.numpy(), cmap="gray_r", vmin=0, vmax=1)
     axes[0].set_title(title or "input", fontsize=9)
     for ax, (name, m) in zip(axes[1:], maps.items()):
         m = m.detach().float().cpu()
-        m = (m / m.max().clamp(min=1e-12)).numpy()
-        ax.imshow(gray, cmap="gray_r", vmin=0, vmax=2.5)  # the digit, faint, under the heat map
-        ax.imshow(np.ma.masked_less(m, 0.05), cmap="inferno_r", alpha=0.75, vmin=0, vmax=1)
+        size = m.abs().flatten()
+        limit = max(float(size.quantile(0.99)), 1e-12)
+        clipped = "max" if float(size.max()) > limit else "neither"
+        if m.min() < 0:
+            im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+            _colorbar(ax, im, (labels or {}).get(name, "d score / d pixel"), ticks=[-limit, 0, limit],
+                      ticklabels=["lowers\nscore", "0", "raises\nscore"], extend="both" if clipped == "max" else "neither")
+        else:
+            im = ax.imshow(m.numpy(), cmap="Reds", vmin=0, vmax=limit)
+            _colorbar(ax, im, (labels or {}).get(name, "evidence for the class"), ticks=[0, limit],
+                      ticklabels=["0", "high"], extend=clipped)
+        if float(gray.min()) < 0.5 < float(gray.max()):
+            ax.contour(gray.numpy(), levels=[0.5], colors="black", linewidths=0.6, alpha=0.6)  # the digit's outline
         ax.set_title(name, fontsize=9)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
+    if made:
+        fig.tight_layout()
     return fig
 
 

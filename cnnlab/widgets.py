@@ -6,6 +6,7 @@ function first, then the widget.
 |---|---|
 | :func:`shift_explorer` | :func:`cnnlab.transforms.explore_transform` |
 | :func:`kernel_playground` | :func:`cnnlab.conv.apply_kernel` |
+| :func:`window_explorer` | :func:`cnnlab.conv.output_window` |
 | :func:`shape_calculator` | :func:`cnnlab.conv.conv_layer_summary` |
 | :func:`receptive_field_explorer` | :func:`cnnlab.receptive_field.receptive_field_view` |
 | :func:`feature_map_explorer` | :func:`cnnlab.hooks.feature_map_view` |
@@ -26,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from cnnlab.augment import augment_examples
-from cnnlab.conv import KERNEL_PRESETS, apply_kernel, conv_layer_summary, kernel_preset, parse_kernel
+from cnnlab.conv import (KERNEL_PRESETS, ConvWindow, apply_kernel, conv_layer_summary, conv_output_size, kernel_preset,
+                         output_window, parse_kernel)
 from cnnlab.data import ImageSet
 from cnnlab.hooks import channel_maxima, feature_map_view, spatial_layers, top_activating
 from cnnlab.metrics import most_confident_mistakes
@@ -46,6 +48,7 @@ from cnnlab.viz import (
 __all__ = [
     "shift_explorer",
     "kernel_playground",
+    "window_explorer",
     "shape_calculator",
     "receptive_field_explorer",
     "feature_map_explorer",
@@ -182,6 +185,167 @@ def kernel_playground(data: ImageSet, index: int = 0, size: int = 3, preset: str
         image,
     ]
     box.controls, box.image, box.status = controls, image, status
+    return box
+
+
+def _grid_html(values: Tensor, caption: str, tint: bool = False) -> str:
+    """A k x k grid of numbers as a small HTML table; ``tint``: red for positive, blue for negative."""
+    peak = max(float(values.abs().max()), 1e-8)
+    cells = []
+    for row in values.tolist():
+        tds = []
+        for v in row:
+            v = round(v, 2) + 0.0  # no "-0.00"
+            a = min(abs(v) / peak, 1.0) * 0.6
+            bg = f"background:rgba({'214,39,40' if v > 0 else '31,119,180'},{a:.2f});" if tint and v else ""
+            tds.append(f"<td style='{bg}border:1px solid #ccc;padding:1px 4px;text-align:right'>{v:.2f}</td>")
+        cells.append("<tr>" + "".join(tds) + "</tr>")
+    return (f"<div style='display:inline-block;vertical-align:middle;text-align:center;font-size:12px'>{caption}"
+            f"<table style='border-collapse:collapse;font-family:monospace'>{''.join(cells)}</table></div>")
+
+
+def _arithmetic_html(w: ConvWindow) -> str:
+    """Window values × kernel = products, their sum, and F.conv2d's value at the same pixel."""
+    op = "<span style='font-size:20px;padding:0 8px;vertical-align:middle'>{}</span>"
+    n = w.products.numel()
+    return (_grid_html(w.values, "input window") + op.format("×") + _grid_html(w.kernel, "kernel")
+            + op.format("=") + _grid_html(w.products, "products", tint=True)
+            + f"<div style='display:inline-block;vertical-align:middle;padding-left:12px'>sum of the {n} products "
+              f"= <b>{w.total:.4f}</b><br>F.conv2d at ({w.row}, {w.col}): <b>{float(w.fmap[w.row, w.col]):.4f}</b></div>")
+
+
+def window_explorer(data: ImageSet, index: int = 0, kernel: str = "Sobel x (vertical edges)") -> widgets.VBox:
+    """Pick an output pixel: the input window it reads is outlined on the digit, the pixel marked
+    on the output, and the arithmetic (window × kernel, summed) printed beside F.conv2d's value.
+    Kernel (a preset, or typed-in weights), stride and padding can change too. It starts at the
+    strongest response.
+
+    The box exposes ``.controls``, ``.image``, ``.summary`` and ``.arithmetic`` for tests.
+    """
+    from matplotlib.patches import ConnectionPatch, Rectangle
+
+    controls = {
+        "kernel": widgets.Dropdown(options=list(KERNEL_PRESETS), value=kernel, description="kernel"),
+        "size": widgets.ToggleButtons(options=[3, 5], value=3, description="size"),
+        "weights": widgets.Text(description="weights", continuous_update=False, layout=widgets.Layout(width="420px"),
+                                tooltip="rows separated by ';', e.g. -1 0 1; -2 0 2; -1 0 1"),
+        "index": widgets.BoundedIntText(value=index, min=0, max=len(data) - 1, description="digit #"),
+        "stride": widgets.IntSlider(value=1, min=1, max=3, description="stride"),
+        "padding": widgets.IntSlider(value=0, min=0, max=2, description="padding"),
+        "row": widgets.IntSlider(value=0, min=0, max=0, description="output row"),
+        "col": widgets.IntSlider(value=0, min=0, max=0, description="output col"),
+    }
+    image, summary, arithmetic = widgets.Image(format="png"), widgets.HTML(), widgets.HTML()
+    fig = Figure(figsize=(7.2, 3.6))
+    axes = fig.subplots(1, 2)
+    state: dict = {"moving": [], "busy": False}
+
+    def setup() -> tuple[Tensor, Tensor, int, int]:
+        """The digit and kernel the controls name, and the output size: a ValueError says what is wrong."""
+        text = controls["weights"].value
+        weights = parse_kernel([row.replace(",", " ").split() for row in text.split(";") if row.strip()] or [[""]])
+        digit = data.denormalize(data.x[controls["index"].value].cpu())[0]  # (H, W), ink 0-1
+        stride, padding = controls["stride"].value, controls["padding"].value
+        h_out = conv_output_size(digit.shape[0], weights.shape[0], stride, padding)
+        w_out = conv_output_size(digit.shape[1], weights.shape[0], stride, padding)
+        return digit, weights, h_out, w_out
+
+    def draw(w: ConvWindow, digit: Tensor) -> None:
+        """Everything that stays while only the output pixel moves, and the artists that move."""
+        p = controls["padding"].value
+        h, wd = digit.shape
+        for ax in axes:
+            ax.clear()
+        im = axes[0].imshow(torch.nn.functional.pad(digit, (p, p, p, p)).numpy(), cmap="gray_r", vmin=0, vmax=1,
+                            extent=(-p - 0.5, wd + p - 0.5, h + p - 0.5, -p - 0.5))
+        axes[0].add_patch(Rectangle((-0.5, -0.5), wd, h, fill=False, ec="0.5", lw=0.8, ls="--"))
+        axes[0].set(xlabel=f"input column (dashed: the {h}x{wd} image)", ylabel="input row")
+        lim = max(float(w.fmap.abs().max()), 1e-6)
+        om = axes[1].imshow(w.fmap.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[1].set(xlabel="output column", ylabel="output row")
+        for ax, mappable, label in ((axes[0], im, "pixel value (0 white, 1 black)"), (axes[1], om, "response")):
+            cb = fig.colorbar(mappable, cax=ax.inset_axes([1.03, 0.0, 0.045, 1.0]))
+            cb.ax.tick_params(labelsize=7, length=2, pad=1)
+            cb.set_label(label, fontsize=7, labelpad=2)
+        size = w.kernel.shape[-1]
+        window = Rectangle((0, 0), size, size, fill=False, ec="tab:orange", lw=2)
+        pixel = Rectangle((0, 0), 1, 1, fill=False, ec="tab:orange", lw=2)
+        axes[0].add_patch(window)
+        axes[1].add_patch(pixel)
+        links = []
+        for _ in range(2):  # lines from the window's right corners to the pixel's left ones: which inputs make it
+            link = ConnectionPatch((0, 0), (0, 0), "data", "data", axesA=axes[0], axesB=axes[1], color="tab:orange",
+                                   lw=0.8, alpha=0.7)
+            axes[1].add_artist(link)
+            link.set_clip_on(False)
+            link.set_in_layout(False)  # it spans both axes: tight_layout must not make room for it
+            links.append(link)
+        state["artists"] = (window, pixel, links)
+        # Replaced only now, so the old artists outlived the making of the new ones: no id is reused, and
+        # render_png (which knows its blitting background by the ids of the changing artists) draws a new one.
+        state["moving"] = [window, pixel, *links, axes[0].title, axes[1].title]
+
+    def move(w: ConvWindow, digit: Tensor) -> None:
+        window, pixel, links = state["artists"]
+        top, left, size = w.rows.start, w.cols.start, w.kernel.shape[-1]
+        window.set_xy((left - 0.5, top - 0.5))
+        pixel.set_xy((w.col - 0.5, w.row - 0.5))
+        links[0].xy1, links[0].xy2 = (left + size - 0.5, top - 0.5), (w.col - 0.5, w.row - 0.5)
+        links[1].xy1, links[1].xy2 = (left + size - 0.5, top + size - 0.5), (w.col - 0.5, w.row + 0.5)
+        # a fixed title height (y=1.01): matplotlib then skips measuring the tick labels to place it
+        axes[0].set_title(f"window: rows {top}–{top + size - 1}, cols {left}–{left + size - 1}", fontsize=9, y=1.01)
+        axes[1].set_title(f"output {w.fmap.shape[0]}x{w.fmap.shape[1]}: ({w.row}, {w.col}) = {w.total:.3f}", fontsize=9,
+                          y=1.01)
+
+    def update(_change=None, *, rebuild: bool = True) -> None:
+        if state["busy"]:
+            return
+        try:
+            digit, weights, h_out, w_out = setup()
+            state["busy"] = True  # new ranges for the pixel sliders: keep the pixel, or the nearest one
+            controls["row"].max, controls["col"].max = h_out - 1, w_out - 1
+            state["busy"] = False
+            w = output_window(digit, weights, controls["row"].value, controls["col"].value,
+                              stride=controls["stride"].value, padding=controls["padding"].value)
+        except ValueError as err:  # nonsense typed in: say so, keep the last picture and numbers
+            state["busy"] = False
+            summary.value = _error_html(err)
+            return
+        state["window"] = w
+        if rebuild or "artists" not in state:
+            draw(w, digit)
+        move(w, digit)
+        image.value = render_png(fig, changed=state["moving"])
+        arithmetic.value = _arithmetic_html(w)
+        k = w.kernel.shape[-1]
+        summary.value = (f"Output pixel <b>({w.row}, {w.col})</b> reads input rows {w.rows.start}–{w.rows.stop - 1}, "
+                         f"columns {w.cols.start}–{w.cols.stop - 1} (below 0 or past {digit.shape[0] - 1}: padding, "
+                         f"read as 0): {k}×{k} numbers times the kernel, summed. Output {h_out}×{w_out}.")
+
+    def fill_weights(_change=None) -> None:
+        k = kernel_preset(controls["kernel"].value, controls["size"].value)
+        text = "; ".join(" ".join(f"{v:.4g}" for v in row) for row in k.tolist())
+        if text == controls["weights"].value:
+            update()
+        else:
+            controls["weights"].value = text  # its observer redraws
+
+    controls["kernel"].observe(fill_weights, names="value")
+    controls["size"].observe(fill_weights, names="value")
+    for name in ("weights", "index", "stride", "padding"):
+        controls[name].observe(update, names="value")
+    for name in ("row", "col"):
+        controls[name].observe(lambda _c: update(rebuild=False), names="value")
+    fill_weights()
+    fmap = state["window"].fmap  # start at the strongest response: a window with ink in it
+    controls["row"].value, controls["col"].value = divmod(int(fmap.abs().argmax()), fmap.shape[1])
+    box = widgets.VBox([
+        widgets.HBox([controls["kernel"], controls["size"], controls["index"]]),
+        widgets.HBox([controls["weights"], controls["stride"], controls["padding"]]),
+        widgets.HBox([controls["row"], controls["col"]]),
+        summary, image, arithmetic,
+    ])
+    box.controls, box.image, box.summary, box.arithmetic = controls, image, summary, arithmetic
     return box
 
 

@@ -13,7 +13,7 @@ from cnnlab.callbacks import Every, LiveDashboard, StopButton
 from cnnlab.drawing import drawing_pad, mnist_style, predict_drawing, render_strokes
 from cnnlab.hooks import channel_maxima, feature_map_view, spatial_layers, top_activating
 from cnnlab.models import ConvStack, LinearClassifier, SmallCNN
-from cnnlab.saliency import grad_cam, input_gradients
+from cnnlab.saliency import grad_cam, input_gradients, smoothgrad
 from cnnlab.train import Callback, fit, seed_everything
 from cnnlab.widgets import feature_map_explorer
 
@@ -36,15 +36,20 @@ def test_dashboard_draws_frames_records_curves_and_times_itself(mnist_small):
     model = SmallCNN()
     history = fit(model, train.subset(range(640)), test.subset(range(200)), epochs=2, callbacks=[dash], progress=False)
     assert history.stopped is None
-    # the last frame shows the trained filters and the trained model's maps, not the first frame's
+    # the last frame shows the trained filters and the trained model's maps, not the first frame's:
+    # the maps after each ReLU (what the next layer receives), the first 16 channels in a 4x4 grid
     from cnnlab.hooks import feature_maps
     from cnnlab.viz import tile
 
     shown = torch.as_tensor(dash._im_filters.get_array().filled(float("nan")))
     assert torch.allclose(shown, tile(model.conv1.weight.detach().cpu()[:, 0], 8), equal_nan=True)
-    maps = feature_maps(model, test.x[3:4], "conv2")[0]
+    assert list(dash._map_channels) == ["relu1", "relu2"]
+    maps = feature_maps(model, test.x[3:4], "relu2")[0]
     shown = torch.as_tensor(dash._im_maps[1].get_array().filled(float("nan")))
-    assert torch.allclose(shown, tile(maps, normalize=True), equal_nan=True, atol=5e-3)  # on a GPU: a CPU twin
+    assert torch.allclose(shown, tile(maps[:16], 4, normalize=True), equal_nan=True, atol=5e-3)  # on a GPU: a CPU twin
+    assert float(torch.nan_to_num(shown).min()) >= 0  # after the ReLU: nothing negative
+    probs = [bar.get_width() for bar in dash._bars]
+    assert probs == pytest.approx(model.eval()(test.x[3:4].to(model.conv1.weight.device)).softmax(1)[0].tolist(), abs=1e-4)
     assert dash.png[:4] == b"\x89PNG" and dash.frames >= 2  # the first frame and the final one at least
     # train points over the run's whole length, test points at each epoch end, from fit's own numbers
     xs = [x for x, _ in dash.curves["train_loss"]]
@@ -52,6 +57,54 @@ def test_dashboard_draws_frames_records_curves_and_times_itself(mnist_small):
     assert dash.curves["test_acc"] == [(1.0, history.epochs[0]["test_acc"]), (2.0, history.epochs[1]["test_acc"])]
     assert all(0 <= a <= 1 for _, a in dash.curves["train_acc"])
     assert 0 < dash.seconds < dash.fit_seconds and dash.share == pytest.approx(dash.seconds / dash.fit_seconds)
+    # the accuracy is drawn as error % on a log axis, test points exactly where History put them
+    err = dash._lines["test_acc"].get_ydata()
+    assert dash._ax_err.get_yscale() == "log" and list(err) == pytest.approx([100 * (1 - e["test_acc"]) for e in history.epochs])
+    lo, hi = dash._ax_err.get_ylim()
+    assert lo <= min(err) and max(err) <= hi <= 100
+
+
+def test_dashboard_images_per_s_is_historys(mnist_small):
+    """One definition of images/s: the final frame's header and ``images_per_s`` give the run's
+    training images per second of the epochs as History timed them (drawing in, evaluation out)."""
+    train, test = mnist_small
+    dash = LiveDashboard(test, every_s=0.0, budget=0.5, show=False)
+    train = train.subset(range(1280))
+    history = fit(SmallCNN(), train, test.subset(range(500)), epochs=2, callbacks=[dash], progress=False)
+    expected = 2 * len(train) / sum(e["seconds"] for e in history.epochs)
+    assert dash.images_per_s == pytest.approx(expected, rel=1e-9)
+    assert f"{expected:,.0f} images/s over the run" in dash.header
+    # A frame's window leaves the test evaluation out, as History does: with no frames between the
+    # first and the last, the last frame's window is the whole run, evaluations (1,000 test images
+    # after each epoch, a quarter of the time here) and all, and its rate is the epochs' rate.
+    dash = LiveDashboard(test, every_s=3600, early=None, show=False)
+    history = fit(SmallCNN(), train.subset(range(640)), test, epochs=2, callbacks=[dash], progress=False)
+    assert dash.frames == 2
+    expected = 2 * 640 / sum(e["seconds"] for e in history.epochs)
+    assert dash._images_per_s == pytest.approx(expected, rel=0.05)
+
+
+def test_dashboard_keeps_an_early_frame_beside_the_last(mnist_small):
+    train, test = mnist_small
+    seed_everything(0)
+    dash = LiveDashboard(test, every_s=3600, show=False)  # no frames but the first, the early and the last
+    fit(SmallCNN(), train, epochs=3, callbacks=[dash], progress=False)
+    # 2,000 images: 32 steps per epoch, 96 in all: the early frame is drawn after step ceil(3% of 96) = 3
+    assert dash.frames == 3 and dash._early_index == 1
+    assert dash.early_step == 3 and dash.early_images == 3 * 64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    early, last = (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int) for png in (dash.early_png, dash.png))
+    assert early.shape == last.shape
+    assert (np.abs(early - last).max(-1) > 40).mean() > 0.02  # more than the header: filters, maps, curves
+    with pytest.raises(ValueError, match="early is a share"):
+        LiveDashboard(test, early=1.5)
+    none = LiveDashboard(None, early=None, show=False)
+    fit(SmallCNN(), train.subset(range(256)), epochs=1, callbacks=[none], progress=False)
+    assert none.early_png == b"" and none.early_step == 0
 
 
 def test_dashboard_keeps_to_its_time_budget(mnist_small):
@@ -61,10 +114,13 @@ def test_dashboard_keeps_to_its_time_budget(mnist_small):
     # No minimum interval: the budget alone spaces the frames. Each frame before the last waits at
     # least its own cost / budget after the one before (timed by the dashboard itself, so a busy
     # machine changes how many frames there are, not whether the rule holds); some are drawn
-    # during training (there are 64 batches, so at most 66 frames).
-    assert len(dash.frame_log) == dash.frames and 3 <= dash.frames <= 66
-    for (start, cost), (next_start, _) in zip(dash.frame_log[:-2], dash.frame_log[1:-1]):
-        assert next_start - start >= cost / 0.5 * 0.999
+    # during training (there are 64 batches, so at most 66 frames, and the early frame).
+    # The early frame (after step 2 of 64) is the one drawn whatever the throttle says.
+    assert len(dash.frame_log) == dash.frames and 4 <= dash.frames <= 67 and dash.early_step == 2
+    pairs = list(zip(dash.frame_log[:-2], dash.frame_log[1:-1]))
+    for k, ((start, cost), (next_start, _)) in enumerate(pairs):
+        if k + 1 != dash._early_index:
+            assert next_start - start >= cost / 0.5 * 0.999
 
 
 def test_stop_button_ends_training_and_keeps_model_and_history(mnist_small):
@@ -184,6 +240,39 @@ def test_saliency_checks_its_arguments(small_cnn, mnist_small):
     with pytest.raises(ValueError, match="needs a spatial"):
         grad_cam(small_cnn, test.x[:1], "fc1")
     assert grad_cam(small_cnn, test.x[:2], "relu2").shape == (2, 28, 28)
+    with pytest.raises(ValueError, match="samples >= 1 and noise >= 0"):
+        smoothgrad(small_cnn, test.x[:1], noise=-0.1)
+
+
+def test_signed_input_gradient_of_a_linear_model_is_its_weight_row(mnist_small):
+    _, test = mnist_small
+    model = LinearClassifier()
+    grads = input_gradients(model, test.x[:3], target=4, signed=True)
+    assert torch.allclose(grads, model.fc.weight[4].detach().view(28, 28).expand(3, 28, 28))
+    assert (grads < 0).any() and (grads > 0).any()
+
+
+def test_smoothgrad_without_noise_is_the_input_gradient(small_cnn, mnist_small):
+    _, test = mnist_small
+    x = test.x[:4]
+    plain = input_gradients(small_cnn, x, signed=True)
+    assert torch.allclose(smoothgrad(small_cnn, x, noise=0.0, samples=3), plain, atol=1e-6)
+    assert not torch.allclose(smoothgrad(small_cnn, x, samples=3), plain, atol=1e-3)  # the noise does something
+    assert torch.equal(smoothgrad(small_cnn, x, samples=3, seed=1), smoothgrad(small_cnn, x, samples=3, seed=1))
+
+
+def test_smoothgrad_is_smoother_than_one_gradient(small_cnn, mnist_small):
+    """Total variation (the summed size of differences between neighbouring pixels) relative to the
+    map's own size: SmoothGrad's average over noisy copies has less pixel-to-pixel speckle."""
+
+    def roughness(m):  # (B, H, W) -> (B,)
+        tv = (m[:, 1:] - m[:, :-1]).abs().sum((1, 2)) + (m[:, :, 1:] - m[:, :, :-1]).abs().sum((1, 2))
+        return tv / m.abs().sum((1, 2))
+
+    _, test = mnist_small
+    x = test.x[:8]
+    plain, smooth = roughness(input_gradients(small_cnn, x, signed=True)), roughness(smoothgrad(small_cnn, x))
+    assert (smooth < plain).all() and (smooth / plain).mean() < 0.93, (smooth, plain)
 
 
 # ----- drawing ------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.conv import conv2d_loops, conv2d_unfold, conv_output_size
+from cnnlab.conv import (channel_contributions, conv2d_loops, conv2d_unfold, conv_output_size, output_window,
+                         shift_difference)
 from cnnlab.hooks import capture, feature_maps
 from cnnlab.models import ConvStack, ModernCNN, SmallCNN
 from cnnlab.receptive_field import effective_receptive_field, input_region, linearised, receptive_fields
@@ -34,6 +35,66 @@ def test_hand_written_conv_equals_conv2d(impl, k, kwargs):
     got = impl(x, w, b, **kwargs)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("kwargs", CASES)
+def test_channel_contributions_plus_bias_sum_to_conv2d(kwargs):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 11, 13, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    parts = channel_contributions(x, w, **kwargs)
+    expected = F.conv2d(x, w, b, **kwargs)
+    assert parts.shape == (2, 4, 3, *expected.shape[-2:])
+    torch.testing.assert_close(parts.sum(2) + b.view(1, -1, 1, 1), expected)
+    # each part is that input channel alone through its own k x k kernel
+    torch.testing.assert_close(parts[:, :, 1], F.conv2d(x[:, 1:2], w[:, 1:2], **kwargs))
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (1, 1), (2, 0), (2, 2), (3, 1)])
+def test_output_window_reads_the_window_conv2d_reads(stride, padding):
+    g = torch.Generator().manual_seed(stride + 10 * padding)
+    image = torch.rand(2, 9, 10, generator=g)  # two channels
+    kernel = torch.randn(2, 3, 3, generator=g)
+    expected = F.conv2d(image[None], kernel[None], torch.tensor([0.25]), stride=stride, padding=padding)[0, 0]
+    for row, col in [(0, 0), (expected.shape[0] - 1, expected.shape[1] - 1), (1, expected.shape[1] // 2)]:
+        w = output_window(image, kernel, row, col, stride=stride, padding=padding, bias=0.25)
+        torch.testing.assert_close(w.fmap, expected)
+        assert w.total == pytest.approx(float(expected[row, col]), abs=1e-5)
+        assert (w.rows.start, w.cols.start) == (row * stride - padding, col * stride - padding)
+        assert w.rows.stop - w.rows.start == 3 and w.values.shape == kernel.shape
+        padded = F.pad(image, (padding,) * 4)  # the window, read from the zero-padded image
+        torch.testing.assert_close(w.values, padded[:, w.rows.start + padding : w.rows.stop + padding,
+                                                    w.cols.start + padding : w.cols.stop + padding])
+        torch.testing.assert_close(w.products, w.values * kernel)
+
+
+def test_output_window_in_the_padding_and_its_errors():
+    image = torch.ones(5, 5)
+    w = output_window(image, torch.ones(3, 3), 0, 0, padding=1)
+    assert w.rows == slice(-1, 2) and w.values[0].tolist() == [0, 0, 0] and w.total == 4.0
+    assert "= 4.0000" in w.arithmetic() and len(w.arithmetic().splitlines()) == 4
+    with pytest.raises(ValueError, match="output row 3 is outside 0–2: a 3x3 kernel with stride 1 and padding 0"):
+        output_window(image, torch.ones(3, 3), 3, 0)
+    with pytest.raises(ValueError, match="output col -1 is outside"):
+        output_window(image, torch.ones(3, 3), 0, -1)
+    with pytest.raises(ValueError, match="does not fit"):
+        output_window(image, torch.ones(7, 7), 0, 0)
+    with pytest.raises(ValueError, match=r"must be \(k, k\) or \(1, k, k\)"):
+        output_window(image, torch.ones(2, 3, 3), 0, 0)
+
+
+def test_shift_difference_convolution_is_equivariant_pooling_only_for_even_shifts():
+    torch.manual_seed(0)
+    x = torch.zeros(4, 1, 20, 20)
+    x[:, :, 6:14, 6:14] = torch.rand(4, 1, 8, 8)  # content away from the borders
+    conv = nn.Conv2d(1, 3, 3, padding=1, bias=False)
+    pooled = nn.Sequential(conv, nn.MaxPool2d(2))
+    strided = nn.Conv2d(1, 3, 3, padding=1, stride=2, bias=False)
+    assert shift_difference(conv, x, 3, 2).abs().max() < 1e-6
+    for layer in (pooled, strided):
+        assert shift_difference(layer, x, 2, 0, (1, 0)).abs().max() < 1e-6
+        assert min(shift_difference(layer, x, 1, 0, (s, 0)).abs().max() for s in (0, 1)) > 1e-3
 
 
 def test_output_size_formula_and_a_kernel_too_big():

@@ -153,6 +153,8 @@ def _analysis_cases(images):
         "effective_receptive_field": lambda m, d: receptive_field.effective_receptive_field(m, "conv2", d.x[:4], (5, 5)),
         "receptive_field_view": lambda m, d: receptive_field.receptive_field_view(m, "pool", (3, 4), d.x[:4])[2],
         "input_gradients": lambda m, d: saliency.input_gradients(m, d.x[:4]),
+        "input_gradients(signed)": lambda m, d: saliency.input_gradients(m, d.x[:4], target=2, signed=True),
+        "smoothgrad": lambda m, d: saliency.smoothgrad(m, d.x[:2], samples=3),
         "grad_cam": lambda m, d: saliency.grad_cam(m, d.x[:4], "relu2"),
         "grad_cam(pool)": lambda m, d: saliency.grad_cam(m, d.x[:2], "pool", target=3),
         "accuracy_under_shift": lambda m, d: torch.tensor(metrics.accuracy_under_shift(m, d, [0, 2], ["left"])["left"], device="cpu"),
@@ -258,12 +260,15 @@ def test_drawing_accepts_tensors_from_any_device(cpu_model, images, model_dev, i
             viz.plot_confusion(cm, data.classes)
             viz.show_mistakes(data, probs, k=4)
             viz.show_receptive_field(data.denormalize(data.x[0]), region, erf)
-            viz.show_saliency(data.denormalize(data.x[0]), {"grad": erf, "same": erf.clone()})
+            viz.show_saliency(data.denormalize(data.x[0]), {"grad": erf, "same": erf.clone(), "signed": erf - erf.mean()},
+                              labels={"signed": "d score / d pixel"})
             viz.show_prediction(data.x[0], {"m": probs[0]}, data.classes)
             viz.show_images(data, [0, 1])
             viz.show_weights_as_templates(linear, data.classes)
             viz.show_filters(model.conv1.weight)
             viz.show_feature_maps(data.x[:4, 0])
+            viz.show_feature_maps(data.x[:4, 0].relu(), normalize=False, colorbar=False)
+            viz.show_filters(model.conv1.weight, colorbar=False)
             viz.show_maps({"a": data.x[0, 0], "b": data.x[1, 0].relu()})
             viz.show_convolution(data.x[0], data.x[0, 0, :3, :3], data.x[0, 0])
             viz.show_augmentations(augment.augment_examples(data.x[:2], copies=2, seed=1)[0], data)

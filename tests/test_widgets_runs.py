@@ -137,6 +137,41 @@ def test_kernel_playground_updates_and_explains_bad_values(mnist_small):
     assert float(w.cells[2][2].value) == pytest.approx(36 / 256, rel=1e-3)
 
 
+def test_window_explorer_follows_the_output_pixel_and_explains_bad_weights(mnist_small):
+    from cnnlab.conv import apply_kernel, kernel_preset
+    from cnnlab.widgets import window_explorer
+
+    _, test = mnist_small
+    w = window_explorer(test, index=3)
+    digit = test.denormalize(test.x[3])[0]
+    fmap = apply_kernel(digit, kernel_preset("Sobel x (vertical edges)"))
+    row, col = w.controls["row"].value, w.controls["col"].value
+    assert fmap.abs().max() == fmap[row, col].abs()  # it starts at the strongest response
+    assert w.controls["row"].max == 25 and f"<b>{float(fmap[row, col]):.4f}</b>" in w.arithmetic.value
+    first, first_sum = w.image.value, w.arithmetic.value
+    w.controls["col"].value = 4
+    assert f"<b>({row}, 4)</b>" in w.summary.value and "columns 4–6" in w.summary.value
+    assert w.image.value != first and w.arithmetic.value != first_sum
+    assert f"F.conv2d at ({row}, 4): <b>{float(fmap[row, 4]):.4f}</b>" in w.arithmetic.value
+    w.controls["stride"].value, w.controls["padding"].value = 2, 1  # 28 -> 14: the pixel stays inside
+    assert w.controls["row"].max == 13 and w.controls["row"].value <= 13 and "Output 14×14" in w.summary.value
+    w.controls["row"].value, w.controls["col"].value = 0, 0
+    assert "rows -1–1, columns -1–1" in w.summary.value  # the window reaches into the padding
+    w.controls["row"].value = 99  # a slider keeps to its range
+    assert w.controls["row"].value == 13
+    before, before_sum = w.image.value, w.arithmetic.value
+    for bad, message in (("1 2; x 4", "row 2, column 1: &#x27;x&#x27; is not a number"), ("1 2 3; 4 5", "square grid"),
+                         ("", "is not a number")):
+        w.controls["weights"].value = bad
+        assert message in w.summary.value and w.image.value == before and w.arithmetic.value == before_sum
+    w.controls["weights"].value = "0 0 0; 0 1 0; 0 0 0"  # the identity: the output pixel is the input pixel
+    r, c = divmod(int(digit[::2, ::2].argmax()), 14)  # stride 2, padding 1: output (r, c) is centred on input (2r, 2c)
+    w.controls["row"].value, w.controls["col"].value = r, c
+    assert f"sum of the 9 products = <b>{float(digit[2 * r, 2 * c]):.4f}</b>" in w.arithmetic.value and digit[2 * r, 2 * c] > 0
+    w.controls["size"].value = 5
+    assert w.controls["weights"].value.count(";") == 4 and "5×5 numbers" in w.summary.value
+
+
 def test_shape_calculator_reports_shape_and_parameters():
     from cnnlab.widgets import shape_calculator
 
@@ -218,7 +253,7 @@ def test_widget_latency_benchmark_times_every_widget_once_each(mnist_small):
     _, test = mnist_small
     times = widget_latency(test.subset(range(300)), {"linear": LinearClassifier(), "mlp": MLP(), "cnn": SmallCNN()},
                            repeats=2)
-    assert len(times) == 8 and all(0 < t < 30 for t in times.values())
+    assert len(times) == 9 and all(0 < t < 30 for t in times.values())
     assert any(name.startswith("drawing_pad") for name in times) and any("product_explorer" in n for n in times)
     lines = format_widget_latency({"slow": 0.25, "fast": 0.01}).splitlines()
     assert lines[0].startswith("  250.0 ms  over 100 ms slow") and "over" not in lines[1]

@@ -314,6 +314,21 @@ def _interact_03(page, views) -> None:
     cell.press("Enter")
     view.locator("text=not a number").or_(view.locator(".widget-html >> text=/number/")).first.wait_for()
     screenshot(view, ARTIFACTS / "03_convolution-edited.png")
+    # The window explorer: move the output pixel; the window, the arithmetic and the picture follow.
+    view = views.filter(has_text="output col").first
+    summary = view.locator(".widget-html", has_text="reads input rows").first
+    numbers = view.locator(".widget-html", has_text="sum of the").first
+    before, before_sum, before_img = summary.inner_text(), numbers.inner_text(), image_src(view)
+    row, col = map(int, re.search(r"Output pixel \((\d+), (\d+)\)", before).groups())
+    key, target = ("ArrowLeft", col - 3) if col >= 3 else ("ArrowRight", col + 3)
+    press_slider(page, view, "output col", key, 3)
+    deadline = time.monotonic() + 30
+    while f"Output pixel ({row}, {target})" not in summary.inner_text():
+        assert time.monotonic() < deadline, f"3 presses of {key} did not reach column {target}: {summary.inner_text()!r}"
+        time.sleep(0.2)
+    assert summary.inner_text() != before and f"F.conv2d at ({row}, {target})" in numbers.inner_text()
+    assert numbers.inner_text() != before_sum and image_src(view) != before_img, "the arithmetic or picture did not follow"
+    screenshot(view, ARTIFACTS / "03_convolution-window-moved.png")
 
 
 def _interact_04(page, views) -> None:

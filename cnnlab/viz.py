@@ -28,6 +28,7 @@ __all__ = [
     "show_convolution",
     "show_receptive_field",
     "show_maps",
+    "grid_columns",
     "plot_rf_growth",
     "tile",
     "show_filters",
@@ -350,7 +351,7 @@ def plot_rf_growth(stacks: Mapping[str, Sequence[int]], *, ax: Axes | None = Non
     return ax
 
 
-def _columns(n: int) -> int:
+def grid_columns(n: int) -> int:
     """Columns for a grid of n maps: 8 for multiples of 8 (32 -> 4x8, 64 -> 8x8), else about square."""
     return 8 if n >= 16 and n % 8 == 0 else math.ceil(math.sqrt(n))
 
@@ -363,7 +364,7 @@ def tile(maps: Tensor, ncols: int | None = None, *, normalize: bool = False) -> 
     c, h, w = maps.shape
     if normalize:
         maps = maps / maps.flatten(1).abs().amax(1).clamp(min=1e-8)[:, None, None]
-    ncols = ncols or _columns(c)
+    ncols = ncols or grid_columns(c)
     nrows = math.ceil(c / ncols)
     out = torch.full((nrows * (h + 1) - 1, ncols * (w + 1) - 1), float("nan"))
     for k in range(c):
@@ -399,14 +400,14 @@ def _diverging(ax: Axes, image: Tensor, limit: float | None = None):
 
 
 def show_filters(weight: Tensor, *, ax: Axes | None = None, ncols: int = 8, title: str = "",
-                 colorbar: bool = True) -> Axes:
+                 colorbar: bool = True, limit: float | None = None) -> Axes:
     """A conv layer's filters (C_out, C_in, k, k) as a grid of k x k images on one diverging scale
     with a colorbar (red: the filter adds that pixel, blue: subtracts it). Multi-channel filters
-    show input channel 0."""
+    show input channel 0. ``limit``: the weight drawn darkest (default: the largest here)."""
     if ax is None:
         _, ax = plt.subplots(figsize=(ncols * 0.45 + 0.8, math.ceil(weight.shape[0] / ncols) * 0.45 + 0.4))
     w = weight.detach().float().cpu()
-    im = _diverging(ax, tile(w[:, 0], ncols))
+    im = _diverging(ax, tile(w[:, 0], ncols), limit)
     if colorbar:
         _colorbar(ax, im, "weight")
     ax.set_title(title or f"{w.shape[0]} filters, {w.shape[2]}x{w.shape[3]}", fontsize=9)
@@ -431,7 +432,7 @@ def show_feature_maps(
     from matplotlib.patches import Rectangle
 
     c, h, w = maps.shape
-    ncols = ncols or _columns(c)
+    ncols = ncols or grid_columns(c)
     if ax is None:
         _, ax = plt.subplots(figsize=(5.6, 5 * math.ceil(c / ncols) / ncols + 0.4))
     grid = tile(maps, ncols, normalize=normalize)

@@ -30,13 +30,14 @@ from cnnlab.augment import augment_examples
 from cnnlab.conv import (KERNEL_PRESETS, ConvWindow, apply_kernel, conv_layer_summary, conv_output_size, kernel_preset,
                          output_window, parse_kernel)
 from cnnlab.data import ImageSet
-from cnnlab.hooks import channel_maxima, feature_map_view, spatial_layers, top_activating
+from cnnlab.hooks import channel_maxima, feature_map_view, filter_of, spatial_layers, top_activating
 from cnnlab.metrics import most_confident_mistakes
 from cnnlab.models import as_named_models
 from cnnlab.receptive_field import receptive_field_view, receptive_fields
 from cnnlab.transforms import explore_transform
 from cnnlab.viz import (
     PredictionPanel,
+    grid_columns,
     render_png,
     show_convolution,
     show_feature_maps,
@@ -499,6 +500,52 @@ def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, po
             return drawing.digit
         return data.x[controls["index"].value].cpu()
 
+    drawn: dict = {}  # what the figure shows: its layer and image, and the artists a new channel changes
+
+    def image_key() -> tuple:
+        if drawing is not None and controls["source"].value == "your drawing":
+            return ("drawing", drawing.digit)
+        return ("test", controls["index"].value)
+
+    def same_image(key: tuple) -> bool:
+        old = drawn.get("image")
+        return old is not None and old[0] == key[0] and (old[1] is key[1] if key[0] == "drawing" else old[1] == key[1])
+
+    def draw_all(view: dict, layer: str, channel: int) -> None:
+        """Every panel from scratch (a new layer or image); a later channel change only moves the
+        outline and swaps the big map and the filter (new_channel)."""
+        for ax in axes:
+            ax.clear()
+        show_feature_maps(view["maps"], ax=axes[0], highlight=channel, title=f"{layer}: all {len(view['maps'])} channels")
+        big = axes[1].imshow(view["map"].numpy(), cmap="RdBu_r")
+        axes[1].set(xticks=[], yticks=[])
+        axes[1].set_title(" ", fontsize=9)  # its text: new_channel
+        changed = [axes[0].patches[-1], big, axes[1].title]
+        if view["filter"] is not None:
+            limit = max(float(filter_of(model, layer)[1].detach().abs().max()), 1e-8)  # one scale for the layer's filters
+            show_filters(view["filter"][:, None], ax=axes[2], ncols=min(8, len(view["filter"])), limit=limit)
+            changed += [axes[2].images[0], axes[2].title]
+        else:
+            axes[2].axis("off")
+        fig._blit_key = None  # new artists: draw the background again
+        drawn.update(layer=layer, changed=changed, ncols=grid_columns(len(view["maps"])), map_shape=view["map"].shape)
+
+    def new_channel(view: dict, layer: str, channel: int) -> None:
+        rect, big, big_title, *filter_artists = drawn["changed"]
+        h, w = drawn["map_shape"]
+        r, q = divmod(channel, drawn["ncols"])
+        rect.set_xy((q * (w + 1) - 1, r * (h + 1) - 1))
+        m = view["map"]
+        lim = max(float(m.abs().max()), 1e-8)
+        big.set_data(m.numpy())
+        big.set_clim(-lim, lim)
+        big_title.set_text(f"channel {channel}, {h}x{w}: red +{lim:.2f}, blue −{lim:.2f}")
+        if filter_artists:
+            f = view["filter"]
+            filter_artists[0].set_data(tile(f.detach().float().cpu(), min(8, len(f))).numpy())
+            filter_artists[1].set_text(f"its filter in {view['conv']}: {tuple(f.shape)}" if len(f) > 1
+                                       else f"its filter in {view['conv']}")
+
     def update(_change=None) -> None:
         if busy[0]:
             return
@@ -508,21 +555,13 @@ def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, po
         except ValueError as err:
             summary.value = _error_html(err)
             return
-        for ax in axes:
-            ax.clear()
-        show_feature_maps(view["maps"], ax=axes[0], highlight=channel, title=f"{layer}: all {len(view['maps'])} channels")
+        key = image_key()
+        if drawn.get("layer") != layer or not same_image(key):
+            draw_all(view, layer, channel)
+            drawn["image"] = key
+        new_channel(view, layer, channel)
+        image.value = render_png(fig, changed=drawn["changed"])
         m = view["map"]
-        lim = max(float(m.abs().max()), 1e-8)
-        axes[1].imshow(m.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
-        axes[1].set(xticks=[], yticks=[])
-        axes[1].set_title(f"channel {channel}, {tuple(m.shape)}; max {float(m.max()):.2f}", fontsize=9)
-        if view["filter"] is not None:
-            f = view["filter"]
-            show_filters(f[:, None], ax=axes[2], ncols=min(8, len(f)),
-                         title=f"its filter in {view['conv']}: {tuple(f.shape)}" if len(f) > 1 else f"its filter in {view['conv']}")
-        else:
-            axes[2].axis("off")
-        image.value = render_png(fig)
         summary.value = (f"<b>{html.escape(layer)}</b>, channel {channel}: a map of {m.shape[0]}×{m.shape[1]}. "
                          "Red: the filter responds; blue: the opposite pattern (negative before the ReLU).")
 
@@ -533,12 +572,14 @@ def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, po
         if layer not in maxima:
             maxima[layer] = channel_maxima(model, x_pool, layer)
         idx, values = top_activating(maxima[layer], channel, 9)
-        top_ax.clear()
-        top_ax.imshow(tile(data.denormalize(x_pool[idx])[:, 0], 3).numpy(), cmap="gray_r", vmin=0, vmax=1)
-        top_ax.set(xticks=[], yticks=[])
+        digits = tile(data.denormalize(x_pool[idx])[:, 0], 3).numpy()
+        if not top_ax.images:  # drawn once; later channels swap the digits and the title in place
+            top_ax.imshow(digits, cmap="gray_r", vmin=0, vmax=1)
+            top_ax.set(xticks=[], yticks=[])
+        top_ax.images[0].set_data(digits)
         top_ax.set_title(f"top 9 of {len(x_pool):,} test digits for channel {channel}\n"
                          f"peak responses {float(values[0]):.2f} … {float(values[-1]):.2f}", fontsize=9)
-        top_image.value = render_png(top_fig)
+        top_image.value = render_png(top_fig, changed=[top_ax.images[0], top_ax.title])
 
     def set_channels(_change=None) -> None:
         busy[0] = True

@@ -397,6 +397,28 @@ def test_feature_map_explorer_responds_to_every_control(small_cnn, mnist_small):
     assert "color:#b00" not in w.summary.value
 
 
+def test_feature_map_explorer_redraws_only_what_a_new_channel_changes(small_cnn, mnist_small):
+    """A new channel moves the outline and swaps the big map, the filter and the top 9 in place
+    (blitted); the frame must be the picture that drawing the same state from scratch gives."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    _, test = mnist_small
+    w = feature_map_explorer(small_cnn, test, pool=300)
+    first = w.image.value
+    w.controls["channel"].value = 9  # blitted onto the background of channel 0
+    blitted = w.image.value
+    w.controls["index"].value = 1
+    w.controls["index"].value = 0  # the same digit and channel, every panel drawn from scratch
+    fresh, blit, before = (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+                           for png in (w.image.value, blitted, first))
+    assert fresh.shape == blit.shape
+    assert np.abs(fresh - blit).max() <= 16 and (fresh != blit).any(-1).mean() < 0.001
+    assert (np.abs(before - blit).max(-1) > 40).mean() > 0.01  # and it is not channel 0's picture
+
+
 def test_grad_cam_puts_each_unit_at_the_centre_of_its_receptive_field():
     from cnnlab.saliency import _to_input
 

@@ -261,6 +261,7 @@ class LiveDashboard(Callback):
         self._early_step = max(1, math.ceil(self.early * total_steps)) if self.early else 0
         self._early_index = -1  # where the early frame is in frame_log
         self._images_seen = 0
+        self._epochs_counted = 0  # epochs whose images left the tail (after_epoch ran for them)
         model = state.model
         self._cpu_twin = None
         convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -292,6 +293,7 @@ class LiveDashboard(Callback):
         now = time.perf_counter()
         self._window_start += max(0.0, now - (self._epoch_start + e["seconds"]))  # the test evaluation is not training
         self._tail_images, self._tail_start = 0, now
+        self._epochs_counted = len(state.history.epochs)
         if "test_acc" in e:
             self.curves["test_loss"].append((float(e["epoch"]), e["test_loss"]))
             self.curves["test_acc"].append((float(e["epoch"]), e["test_acc"]))
@@ -299,6 +301,8 @@ class LiveDashboard(Callback):
 
     def after_fit(self, state: LoopState) -> None:
         t0 = self._tail_end = time.perf_counter()
+        if len(state.history.epochs) > self._epochs_counted:  # an earlier callback ended the run in after_epoch:
+            self._tail_images = 0  # History counted that epoch already
         try:
             if self._seen:
                 self._record_window(state)
@@ -402,7 +406,8 @@ class LiveDashboard(Callback):
         grid = self._fig.add_gridspec(2 if n_maps else 1, ncols, height_ratios=[1, 1.15] if n_maps else None)
         self._ax_loss = self._fig.add_subplot(grid[0, 0])
         self._ax_err = self._fig.add_subplot(grid[0, 1])
-        self._ax_filters = self._fig.add_subplot(grid[0, 2:])
+        # the answer panel goes in the second row beside the maps, or in the first when there are none
+        self._ax_filters = self._fig.add_subplot(grid[0, 2:] if n_maps or probs is None else grid[0, 2])
         self._lines = {}
         for ax, key, title in ((self._ax_loss, "loss", "cross-entropy loss (log scale)"),
                                (self._ax_err, "acc", "error % (log scale): 1% = 99% accuracy")):
@@ -441,7 +446,8 @@ class LiveDashboard(Callback):
                 show_feature_maps(m, ax=ax, ncols=math.ceil(math.sqrt(m.shape[0])),
                                   title=f"{name}: {m.shape[0]} of {self._map_channels[name]} maps, {m.shape[1]}x{m.shape[2]}")
                 self._im_maps.append(ax.images[-1])
-            self._ax_probs = self._fig.add_subplot(grid[1, 1 + n_maps])
+        if probs is not None:
+            self._ax_probs = self._fig.add_subplot(grid[1, 1 + n_maps] if n_maps else grid[0, 3])
             short = [c.split(" - ")[0] for c in self.data.classes]
             self._bars = self._ax_probs.barh(range(len(probs)), probs.numpy(), color="tab:blue")
             self._ax_probs.set_yticks(range(len(probs)), short, fontsize=8)

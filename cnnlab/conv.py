@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from cnnlab.device import model_device
 
 __all__ = [
     "conv_output_size", "conv2d_loops", "conv2d_unfold", "KERNEL_PRESETS", "kernel_preset",
@@ -30,6 +32,9 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
     """Output length along one axis: ``floor((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1``."""
+    for name, v, least in (("stride", stride, 1), ("dilation", dilation, 1), ("padding", padding, 0), ("kernel", kernel, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {v!r}")
     span = dilation * (kernel - 1) + 1  # the kernel's footprint, holes included
     if size + 2 * padding < span:
         raise ValueError(
@@ -156,6 +161,8 @@ def channel_contributions(x: Tensor, weight: Tensor, stride=1, padding=0, dilati
     (B, C_in, H, W) and ``weight`` (C_out, C_in, k, k). Summed over C_in, plus the bias, it is
     ``F.conv2d(x, weight, bias)``: one k x k kernel per (output, input) channel pair, added up."""
     c_out, c_in, kh, kw = weight.shape
+    if x.dim() != 4 or x.shape[1] != c_in:
+        raise ValueError(f"x must be (B, {c_in}, H, W) for a weight of shape {tuple(weight.shape)}, got {tuple(x.shape)}")
     h_out = conv_output_size(x.shape[2], kh, _pair(stride)[0], _pair(padding)[0], _pair(dilation)[0])
     w_out = conv_output_size(x.shape[3], kw, _pair(stride)[1], _pair(padding)[1], _pair(dilation)[1])
     cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # (B, C_in*kh*kw, L)
@@ -180,10 +187,15 @@ class ConvWindow:
     fmap: Tensor  # the whole output, from F.conv2d: fmap[row, col] is the same number as total
 
     def arithmetic(self, digits: int = 2) -> str:
-        """The computation as text: a line per kernel row (window value · weight, added up), then the sum."""
-        rows = zip(self.values.reshape(-1, self.values.shape[-1]).tolist(),
-                   self.kernel.reshape(-1, self.kernel.shape[-1]).tolist())
-        lines = ["  " + " + ".join(f"{v:.{digits}f}·({w:.{digits}f})" for v, w in zip(vr, wr)) for vr, wr in rows]
+        """The computation as text: a line per kernel row (window value · weight, added up), each input
+        channel's rows under its own heading when there are several, then the sum."""
+        k = self.kernel.shape[-1]
+        values, kernel = self.values.reshape(-1, k, k), self.kernel.reshape(-1, k, k)  # (C_in, k, k)
+        lines = []
+        for c, (vc, wc) in enumerate(zip(values.tolist(), kernel.tolist())):
+            if len(values) > 1:
+                lines.append(f"input channel {c}:")
+            lines += ["  " + " + ".join(f"{v:.{digits}f}·({w:.{digits}f})" for v, w in zip(vr, wr)) for vr, wr in zip(vc, wc)]
         bias = f" + {self.bias:g} (the bias)" if self.bias else ""
         return "\n".join(lines) + f"\n= {float(self.products.sum()):.4f}{bias}" + (f" = {self.total:.4f}" if bias else "")
 
@@ -193,9 +205,9 @@ def output_window(image: Tensor, kernel: Tensor, row: int, col: int, *, stride: 
     """The input window output pixel ``(row, col)`` reads, for a (H, W) or (C_in, H, W) ``image`` and
     a (k, k) or (C_in, k, k) ``kernel`` with ``stride`` and ``padding``: the window's place and
     values, the products with the kernel and their sum, beside the whole ``F.conv2d`` output.
-    Computed on the image's device, returned there."""
-    x = image.float().reshape(1, -1, *image.shape[-2:])  # (1, C_in, H, W)
-    k = torch.as_tensor(kernel, dtype=torch.float32, device=x.device)
+    Computed on the image's device (the kernel is moved there); the tensors come back on the CPU."""
+    x = image.detach().float().reshape(1, -1, *image.shape[-2:])  # (1, C_in, H, W)
+    k = torch.as_tensor(kernel, dtype=torch.float32, device=x.device).detach()
     size = k.shape[-1]
     if k.shape[-2] != size or k.numel() != x.shape[1] * size * size:
         raise ValueError(f"the kernel must be (k, k) or ({x.shape[1]}, k, k) for a {x.shape[1]}-channel image, "
@@ -212,17 +224,23 @@ def output_window(image: Tensor, kernel: Tensor, row: int, col: int, *, stride: 
     products = values * k
     b = torch.tensor([float(bias)], device=x.device)
     fmap = F.conv2d(x, k.reshape(1, x.shape[1], size, size), b, stride=stride, padding=padding)[0, 0]  # (H', W')
-    return ConvWindow(row, col, slice(top, top + size), slice(left, left + size), values, k, products,
-                      float(bias), float(products.sum()) + float(bias), fmap)
+    return ConvWindow(row, col, slice(top, top + size), slice(left, left + size), values.cpu(), k.cpu(), products.cpu(),
+                      float(bias), float(products.sum()) + float(bias), fmap.cpu())
 
 
 def shift_difference(layer: Callable[[Tensor], Tensor], x: Tensor, dx: int, dy: int,
                      out_shift: tuple[int, int] | None = None, *, fill: float = 0.0) -> Tensor:
     """``layer(shift(x)) - shift(layer(x))``: "shift, then the layer" minus "the layer, then shift".
     Zero away from the borders for an equivariant layer. ``out_shift`` (right, down) is how far the
-    output should move, ``(dx, dy)`` unless given: half as far after a stride or a pool of 2."""
-    from cnnlab.transforms import shift_images  # here, not at the top: transforms imports models, which imports conv
+    output should move, ``(dx, dy)`` unless given: half as far after a stride or a pool of 2.
+    A module runs where it is, in eval mode; ``x`` may come from any device; the result is on the CPU."""
+    from cnnlab.models import eval_mode  # here, not at the top: models imports conv
+    from cnnlab.transforms import shift_images
 
     odx, ody = (dx, dy) if out_shift is None else out_shift
     with torch.no_grad():
-        return layer(shift_images(x, dx, dy, fill)) - shift_images(layer(x), odx, ody)
+        if not isinstance(layer, nn.Module):
+            return (layer(shift_images(x, dx, dy, fill)) - shift_images(layer(x), odx, ody)).cpu()
+        x = x.detach().to(model_device(layer))
+        with eval_mode(layer):
+            return (layer(shift_images(x, dx, dy, fill)) - shift_images(layer(x), odx, ody)).cpu()

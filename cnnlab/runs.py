@@ -61,7 +61,7 @@ SERIES_MODELS: dict[str, tuple[str, dict]] = {
     "conv-stack-8": ("conv-stack", {"depth": 8, "padding": 1}),  # notebook 04: 8 padded 3x3 convs, a 17x17 field
     "conv-stack-4": ("conv-stack", {"depth": 4, "padding": 1}),  # 9x9
     "conv-stack-16": ("conv-stack", {"depth": 16, "padding": 1}),  # 33x33
-    "conv-stack-8-pool": ("conv-stack", {"depth": 8, "padding": 1, "pool_every": 2}),  # 68x68
+    "conv-stack-8-pool": ("conv-stack", {"depth": 8, "padding": 1, "pool_every": 2}),  # conv8 68x68, its last pool 76x76
     "lenet5": ("lenet5", {}),
     "mlp-wide": ("mlp", {"hidden": 1509}),  # 1,199,665 parameters: the small CNN's 1,199,882, give or take 217
     "small-cnn-bn": ("small-cnn", {"batchnorm": True}),

@@ -67,7 +67,7 @@ def smoothgrad(
     50 samples. ``noise=0`` gives the plain gradient. The class is chosen on the clean image
     (``target`` None: its prediction); the noise is drawn on the CPU from ``seed``, so the answer is
     the same on every device. Returns (B, H, W) on the CPU."""
-    if not (isinstance(samples, int) and samples >= 1) or noise < 0:
+    if not (isinstance(samples, int) and samples >= 1) or not noise >= 0 or noise == float("inf"):
         raise ValueError(f"need samples >= 1 and noise >= 0, got samples={samples!r}, noise={noise}")
     device = model_device(model)
     generator = torch.Generator(device="cpu").manual_seed(seed)

@@ -29,6 +29,7 @@ __all__ = [
     "show_receptive_field",
     "show_maps",
     "grid_columns",
+    "add_colorbar",
     "plot_rf_growth",
     "tile",
     "show_filters",
@@ -105,7 +106,7 @@ def plot_confusion(cm: Tensor, classes: Sequence[str], *, ax: Axes | None = None
     errors.fill_diagonal_(float("nan"))
     peak = max(1.0, float(torch.nan_to_num(errors).max()) if vmax is None else vmax)
     im = ax.imshow(errors.numpy(), cmap="Reds", vmin=0, vmax=peak)
-    ax.figure.colorbar(im, ax=ax, shrink=0.8, label="errors (off the diagonal)")
+    add_colorbar(ax, im, "errors (off the diagonal)")
     k = len(classes)
     short = [c.split(" - ")[0] for c in classes]
     ax.set_xticks(range(k), short, rotation=90 if max(map(len, short)) > 2 else 0)
@@ -267,7 +268,7 @@ def show_convolution(image: Tensor, kernel: Tensor, fmap: Tensor, *, axes: Seque
     f = fmap.float().cpu()
     flim = max(float(f.abs().max()), 1e-6)
     im = axes[2].imshow(f.numpy(), cmap="RdBu_r", vmin=-flim, vmax=flim)
-    _colorbar(axes[2], im, "response")
+    add_colorbar(axes[2], im, "response")
     axes[2].set_title(f"feature map {tuple(f.shape)}", fontsize=9)
     for ax in axes:
         ax.set_xticks([])
@@ -305,7 +306,7 @@ def show_receptive_field(
     axes[0].set_title(title or "theoretical receptive field", fontsize=9)
     if erf is not None:
         im = axes[1].imshow(erf.detach().float().cpu().numpy(), cmap="magma", vmin=0)
-        _colorbar(axes[1], im, "|d unit / d pixel|")
+        add_colorbar(axes[1], im, "|d unit / d pixel|")
         axes[1].add_patch(box())
         axes[1].set_title("effective: |d unit / d input|", fontsize=9)
     for ax in axes:
@@ -373,7 +374,7 @@ def tile(maps: Tensor, ncols: int | None = None, *, normalize: bool = False) -> 
     return out
 
 
-def _colorbar(ax: Axes, mappable, label: str = "", *, ticks: Sequence[float] | None = None,
+def add_colorbar(ax: Axes, mappable, label: str = "", *, ticks: Sequence[float] | None = None,
               ticklabels: Sequence[str] | None = None, extend: str = "neither"):
     """A slim colorbar just right of ``ax``, inside its layout box: it takes no room from other axes,
     and ``ax.clear()`` removes it with the rest (widgets redraw their axes that way)."""
@@ -409,7 +410,7 @@ def show_filters(weight: Tensor, *, ax: Axes | None = None, ncols: int = 8, titl
     w = weight.detach().float().cpu()
     im = _diverging(ax, tile(w[:, 0], ncols), limit)
     if colorbar:
-        _colorbar(ax, im, "weight")
+        add_colorbar(ax, im, "weight")
     ax.set_title(title or f"{w.shape[0]} filters, {w.shape[2]}x{w.shape[3]}", fontsize=9)
     return ax
 
@@ -444,7 +445,7 @@ def show_feature_maps(
     else:
         im = _diverging(ax, grid, peak)
     if colorbar:
-        _colorbar(ax, im, "each map / its own max" if normalize else "activation (one scale for all)")
+        add_colorbar(ax, im, "each map / its own max" if normalize else "activation (one scale for all)")
     if highlight is not None:
         r, q = divmod(highlight, ncols)
         ax.add_patch(Rectangle((q * (w + 1) - 1, r * (h + 1) - 1), w + 1, h + 1, fill=False, ec="gold", lw=2))
@@ -475,11 +476,11 @@ def show_saliency(image: Tensor, maps: Mapping[str, Tensor], *, axes: Sequence[A
         clipped = "max" if float(size.max()) > limit else "neither"
         if m.min() < 0:
             im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
-            _colorbar(ax, im, (labels or {}).get(name, "d score / d pixel"), ticks=[-limit, 0, limit],
+            add_colorbar(ax, im, (labels or {}).get(name, "d score / d pixel"), ticks=[-limit, 0, limit],
                       ticklabels=["lowers\nscore", "0", "raises\nscore"], extend="both" if clipped == "max" else "neither")
         else:
             im = ax.imshow(m.numpy(), cmap="Reds", vmin=0, vmax=limit)
-            _colorbar(ax, im, (labels or {}).get(name, "evidence for the class"), ticks=[0, limit],
+            add_colorbar(ax, im, (labels or {}).get(name, "evidence for the class"), ticks=[0, limit],
                       ticklabels=["0", "high"], extend=clipped)
         if float(gray.min()) < 0.5 < float(gray.max()):
             ax.contour(gray.numpy(), levels=[0.5], colors="black", linewidths=0.6, alpha=0.6)  # the digit's outline

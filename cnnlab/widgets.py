@@ -37,6 +37,7 @@ from cnnlab.receptive_field import receptive_field_view, receptive_fields
 from cnnlab.transforms import explore_transform
 from cnnlab.viz import (
     PredictionPanel,
+    add_colorbar,
     grid_columns,
     render_png,
     show_convolution,
@@ -265,9 +266,7 @@ def window_explorer(data: ImageSet, index: int = 0, kernel: str = "Sobel x (vert
         om = axes[1].imshow(w.fmap.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
         axes[1].set(xlabel="output column", ylabel="output row")
         for ax, mappable, label in ((axes[0], im, "pixel value (0 white, 1 black)"), (axes[1], om, "response")):
-            cb = fig.colorbar(mappable, cax=ax.inset_axes([1.03, 0.0, 0.045, 1.0]))
-            cb.ax.tick_params(labelsize=7, length=2, pad=1)
-            cb.set_label(label, fontsize=7, labelpad=2)
+            add_colorbar(ax, mappable, label)
         size = w.kernel.shape[-1]
         window = Rectangle((0, 0), size, size, fill=False, ec="tab:orange", lw=2)
         pixel = Rectangle((0, 0), 1, 1, fill=False, ec="tab:orange", lw=2)

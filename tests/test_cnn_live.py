@@ -84,6 +84,37 @@ def test_dashboard_images_per_s_is_historys(mnist_small):
     assert dash._images_per_s == pytest.approx(expected, rel=0.05)
 
 
+def test_dashboard_images_per_s_when_another_callback_ends_the_run_after_an_epoch(mnist_small):
+    """A callback that runs before the dashboard (order < 20) may end the run in after_epoch, so
+    the dashboard never sees that epoch end: its images must not be counted a second time."""
+    from cnnlab.train import Callback, StopTraining
+
+    class StopAfterOneEpoch(Callback):
+        order = 0
+
+        def after_epoch(self, state):
+            raise StopTraining
+
+    train, test = mnist_small
+    dash = LiveDashboard(test, every_s=3600, early=None, show=False)
+    history = fit(SmallCNN(), train.subset(range(640)), test.subset(range(200)), epochs=3,
+                  callbacks=[StopAfterOneEpoch(), dash], progress=False)
+    assert len(history.epochs) == 1
+    assert dash.images_per_s == pytest.approx(history.epochs[0]["images_per_s"], rel=1e-9)
+
+
+@pytest.mark.parametrize("model_name", ["linear", "mlp"])
+def test_dashboard_of_a_model_without_convolutions_shows_curves_and_its_answer(model_name, mnist_small):
+    from cnnlab.models import create_model
+
+    train, test = mnist_small
+    dash = LiveDashboard(test, every_s=0.0, budget=0.5, show=False)
+    fit(create_model(model_name), train.subset(range(320)), test.subset(range(100)), epochs=1, callbacks=[dash],
+        progress=False)
+    assert dash.frames >= 2 and dash.png[:4] == b"\x89PNG"
+    assert len(dash._bars) == 10 and "its answer now" in dash._ax_probs.get_title()
+
+
 def test_dashboard_keeps_an_early_frame_beside_the_last(mnist_small):
     train, test = mnist_small
     seed_everything(0)

@@ -59,13 +59,19 @@ def test_output_window_reads_the_window_conv2d_reads(stride, padding):
     expected = F.conv2d(image[None], kernel[None], torch.tensor([0.25]), stride=stride, padding=padding)[0, 0]
     for row, col in [(0, 0), (expected.shape[0] - 1, expected.shape[1] - 1), (1, expected.shape[1] // 2)]:
         w = output_window(image, kernel, row, col, stride=stride, padding=padding, bias=0.25)
-        torch.testing.assert_close(w.fmap, expected)
         assert w.total == pytest.approx(float(expected[row, col]), abs=1e-5)
-        assert (w.rows.start, w.cols.start) == (row * stride - padding, col * stride - padding)
-        assert w.rows.stop - w.rows.start == 3 and w.values.shape == kernel.shape
-        padded = F.pad(image, (padding,) * 4)  # the window, read from the zero-padded image
-        torch.testing.assert_close(w.values, padded[:, w.rows.start + padding : w.rows.stop + padding,
-                                                    w.cols.start + padding : w.cols.stop + padding])
+        # which input pixels that output reads, asked of autograd rather than of the same arithmetic:
+        # with a kernel of nonzero weights, exactly those pixels get a nonzero gradient
+        x = image.clone().requires_grad_(True)
+        F.conv2d(x[None], kernel.abs()[None] + 0.1, stride=stride, padding=padding)[0, 0, row, col].backward()
+        reads = x.grad.abs().sum(0) > 0  # (H, W)
+        window = torch.zeros_like(reads)
+        window[max(w.rows.start, 0):max(w.rows.stop, 0), max(w.cols.start, 0):max(w.cols.stop, 0)] = True
+        assert torch.equal(reads, window), f"output ({row}, {col}) reads other pixels than its window"
+        inside = (slice(max(-w.rows.start, 0), 3 - max(w.rows.stop - image.shape[1], 0)),
+                  slice(max(-w.cols.start, 0), 3 - max(w.cols.stop - image.shape[2], 0)))
+        torch.testing.assert_close(w.values[:, inside[0], inside[1]], image[:, window.any(1)][:, :, window.any(0)])
+        assert float(w.values.abs().sum()) == pytest.approx(float(w.values[:, inside[0], inside[1]].abs().sum()))  # padding: 0
         torch.testing.assert_close(w.products, w.values * kernel)
 
 
@@ -78,6 +84,12 @@ def test_output_window_in_the_padding_and_its_errors():
         output_window(image, torch.ones(3, 3), 3, 0)
     with pytest.raises(ValueError, match="output col -1 is outside"):
         output_window(image, torch.ones(3, 3), 0, -1)
+    with pytest.raises(ValueError, match="stride must be a whole number >= 1, got 0"):
+        output_window(image, torch.ones(3, 3), 0, 0, stride=0)
+    with pytest.raises(ValueError, match="padding must be a whole number >= 0, got -1"):
+        output_window(image, torch.ones(3, 3), 0, 0, padding=-1)
+    two = output_window(torch.ones(2, 5, 5), torch.ones(2, 3, 3), 1, 1)  # each input channel under its heading
+    assert "input channel 0:" in two.arithmetic() and "input channel 1:" in two.arithmetic() and two.total == 18.0
     with pytest.raises(ValueError, match="does not fit"):
         output_window(image, torch.ones(7, 7), 0, 0)
     with pytest.raises(ValueError, match=r"must be \(k, k\) or \(1, k, k\)"):

@@ -166,6 +166,9 @@ def _analysis_cases(images):
         "per_class_accuracy": lambda m, d: metrics.per_class_accuracy(metrics.confusion_matrix(d.y, d.y.roll(1)).to(d.device)),
         "erf_extent": lambda m, d: torch.tensor(float(receptive_field.erf_extent(d.x[0, 0].abs(), (14, 14))), device="cpu"),
         "mnist_style": lambda m, d: drawing.mnist_style(d.denormalize(d.x[7, 0])),
+        "shift_difference": lambda m, d: conv.shift_difference(m.conv1, d.x[:3], 2, 1),
+        "output_window": lambda m, d: conv.output_window(d.x[3, 0], m.conv1.weight[5, 0], 4, 7, stride=2, padding=1).products,
+        "output_window(fmap)": lambda m, d: conv.output_window(d.x[3, 0], m.conv1.weight[5, 0], 4, 7, padding=1).fmap,
     }
 
 

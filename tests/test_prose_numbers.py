@@ -121,10 +121,11 @@ def _text(value) -> str:
 
 
 def output_text(cell: dict) -> str:
-    """The text a code cell's stored outputs show: streams, text/plain, text/markdown and text/html."""
+    """The text a code cell's stored outputs show: stdout, text/plain, text/markdown and text/html
+    (not stderr, where progress bars print their "100%")."""
     parts = []
     for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream":
+        if out.get("output_type") == "stream" and out.get("name") != "stderr":
             parts.append(_text(out["text"]))
         for mime in ("text/plain", "text/markdown", "text/html"):
             if mime in out.get("data", {}):
@@ -153,6 +154,10 @@ def unsupported_numbers(nb: dict) -> list[str]:
             context = " ".join(source[max(0, n.start - 60):n.start + len(n.text) + 40].split())
             problems.append(f"cell {index}: {n.text}  in  ...{context}...")
     return problems
+
+
+def test_the_series_is_found():
+    assert len(NOTEBOOKS) >= 10, f"expected the notebooks 00-09 in {ROOT / 'notebooks'}, found {len(NOTEBOOKS)}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

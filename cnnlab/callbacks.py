@@ -499,8 +499,9 @@ class LiveDashboard(Callback):
             line.set_data([x for x, _ in points], [y if y > 0 else float("nan") for y in ys])  # 0 has no log
         for ax, key, floor in ((self._ax_loss, "loss", 1e-4), (self._ax_err, "acc", 0.01)):
             ys = [y for split in ("train", "test") for y in self._lines[f"{split}_{key}"].get_ydata() if y > 0]
-            if ys:  # from the smallest value to the largest, with a margin (a log axis has no zero)
-                ax.set_ylim(max(min(ys) / 1.5, floor), max(ys) * 1.5 if key == "loss" else min(100, max(ys) * 1.5))
+            if ys:  # from the smallest value to the largest, with a margin (a log axis has no zero), a decade at least
+                top = max(ys) * 1.5 if key == "loss" else min(100, max(ys) * 1.5)
+                ax.set_ylim(max(min(min(ys) / 1.5, top / 10), floor), top)
 
     def _draw_status(self, state: LoopState, final: bool) -> None:
         h = state.history

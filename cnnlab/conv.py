@@ -9,6 +9,7 @@ compute exactly what it computes, for any kernel size, stride, padding and dilat
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -238,9 +239,8 @@ def shift_difference(layer: Callable[[Tensor], Tensor], x: Tensor, dx: int, dy: 
     from cnnlab.transforms import shift_images
 
     odx, ody = (dx, dy) if out_shift is None else out_shift
-    with torch.no_grad():
-        if not isinstance(layer, nn.Module):
-            return (layer(shift_images(x, dx, dy, fill)) - shift_images(layer(x), odx, ody)).cpu()
+    module = isinstance(layer, nn.Module)
+    if module:
         x = x.detach().to(model_device(layer))
-        with eval_mode(layer):
-            return (layer(shift_images(x, dx, dy, fill)) - shift_images(layer(x), odx, ody)).cpu()
+    with torch.no_grad(), eval_mode(layer) if module else contextlib.nullcontext():
+        return (layer(shift_images(x, dx, dy, fill)) - shift_images(layer(x), odx, ody)).cpu()

@@ -29,6 +29,7 @@ __all__ = [
     "show_receptive_field",
     "show_maps",
     "grid_columns",
+    "tile_origin",
     "add_colorbar",
     "plot_rf_growth",
     "tile",
@@ -357,6 +358,12 @@ def grid_columns(n: int) -> int:
     return 8 if n >= 16 and n % 8 == 0 else math.ceil(math.sqrt(n))
 
 
+def tile_origin(k: int, ncols: int, h: int, w: int) -> tuple[int, int]:
+    """(x, y) of map ``k``'s top-left pixel in :func:`tile`'s image of (h, w) maps in ``ncols`` columns."""
+    r, q = divmod(k, ncols)
+    return q * (w + 1), r * (h + 1)
+
+
 def tile(maps: Tensor, ncols: int | None = None, *, normalize: bool = False) -> Tensor:
     """Lay ``maps`` (C, H, W) out as one (rows*(H+1)-1, ncols*(W+1)-1) image with NaN gaps between
     them (drawn blank). ``normalize`` scales each map by its own largest absolute value, so weak
@@ -369,8 +376,8 @@ def tile(maps: Tensor, ncols: int | None = None, *, normalize: bool = False) -> 
     nrows = math.ceil(c / ncols)
     out = torch.full((nrows * (h + 1) - 1, ncols * (w + 1) - 1), float("nan"))
     for k in range(c):
-        r, q = divmod(k, ncols)
-        out[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = maps[k]
+        x, y = tile_origin(k, ncols, h, w)
+        out[y : y + h, x : x + w] = maps[k]
     return out
 
 
@@ -447,8 +454,8 @@ def show_feature_maps(
     if colorbar:
         add_colorbar(ax, im, "each map / its own max" if normalize else "activation (one scale for all)")
     if highlight is not None:
-        r, q = divmod(highlight, ncols)
-        ax.add_patch(Rectangle((q * (w + 1) - 1, r * (h + 1) - 1), w + 1, h + 1, fill=False, ec="gold", lw=2))
+        x, y = tile_origin(highlight, ncols, h, w)
+        ax.add_patch(Rectangle((x - 1, y - 1), w + 1, h + 1, fill=False, ec="gold", lw=2))
     ax.set_title(title or f"{c} feature maps, {h}x{w}", fontsize=9)
     return ax
 
@@ -621,7 +628,7 @@ def render_png(fig: Figure, dpi: int = 80, changed: Sequence | None = None) -> b
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     axes = list(dict.fromkeys(a.axes for a in changed))
     changed = [*changed, *(s for ax in axes for s in ax.spines.values() if s not in changed)]  # frames on top
-    key = (dpi, tuple(id(a) for a in changed))
+    key = (dpi, tuple(changed))  # the artists themselves (compared by identity), kept alive: no id can be reused
     if getattr(fig, "_blit_key", None) != key:  # the first frame, or other artists: draw the background
         fig.set_dpi(dpi)
         for artist in changed:

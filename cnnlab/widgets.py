@@ -45,6 +45,7 @@ from cnnlab.viz import (
     show_filters,
     show_receptive_field,
     tile,
+    tile_origin,
 )
 
 __all__ = [
@@ -281,9 +282,7 @@ def window_explorer(data: ImageSet, index: int = 0, kernel: str = "Sobel x (vert
             link.set_in_layout(False)  # it spans both axes: tight_layout must not make room for it
             links.append(link)
         state["artists"] = (window, pixel, links)
-        # Replaced only now, so the old artists outlived the making of the new ones: no id is reused, and
-        # render_png (which knows its blitting background by the ids of the changing artists) draws a new one.
-        state["moving"] = [window, pixel, *links, axes[0].title, axes[1].title]
+        state["moving"] = [window, pixel, *links, axes[0].title, axes[1].title]  # new artists: render_png draws a new background
 
     def move(w: ConvWindow, digit: Tensor) -> None:
         window, pixel, links = state["artists"]
@@ -526,14 +525,13 @@ def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, po
             changed += [axes[2].images[0], axes[2].title]
         else:
             axes[2].axis("off")
-        fig._blit_key = None  # new artists: draw the background again
         drawn.update(layer=layer, changed=changed, ncols=grid_columns(len(view["maps"])), map_shape=view["map"].shape)
 
     def new_channel(view: dict, layer: str, channel: int) -> None:
         rect, big, big_title, *filter_artists = drawn["changed"]
         h, w = drawn["map_shape"]
-        r, q = divmod(channel, drawn["ncols"])
-        rect.set_xy((q * (w + 1) - 1, r * (h + 1) - 1))
+        x, y = tile_origin(channel, drawn["ncols"], h, w)
+        rect.set_xy((x - 1, y - 1))
         m = view["map"]
         lim = max(float(m.abs().max()), 1e-8)
         big.set_data(m.numpy())

@@ -135,6 +135,17 @@ def _bench(args) -> int:
     out = sys.stderr if args.json else sys.stdout
     if not 0 <= args.target < 1:
         raise ValueError(f"--target is a test accuracy between 0 and 1 (0 skips it), got {args.target}")
+    if args.store and args.notebooks is None:
+        raise ValueError("--store writes the notebooks' outputs: use it with --notebooks")
+    if args.notebooks is not None:
+        from cnnlab.bench import format_notebook_times, notebook_times
+
+        results = notebook_times(args.notebooks or None, store=args.store,
+                                 report=lambda line: print(line, file=out, flush=True))
+        print(format_notebook_times(results), file=out, flush=True)
+        if args.json:
+            _print_json({"notebooks": results})
+        return 1 if any(r["error"] for r in results) else 0
     if args.widgets:
         from cnnlab import data
         from cnnlab.bench import format_widget_latency, widget_latency
@@ -240,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--widgets", action="store_true",
                    help="instead: each widget's answer time after a control changes (the series' saved models; "
                         "trains those that are missing)")
+    b.add_argument("--notebooks", nargs="*", metavar="NN", default=None,
+                   help="instead: each notebook (all, or those named: 06 07 ...) at its default on a fresh kernel, cold "
+                        "(a new cache with only the earlier notebooks' saved runs) and warm (its own runs saved)")
+    b.add_argument("--store", action="store_true", help="with --notebooks: keep each cold run's outputs in notebooks/")
     b.add_argument("--repeats", type=int, default=2, help="alternations of the two paths (default 2)")
     b.add_argument("--target", type=float, default=0.992,
                    help="then time the series' small-CNN settings to this test accuracy (default 0.992; 0 skips)")

@@ -12,7 +12,7 @@ Both train the same model (``SmallCNN``) from the same seed and are scored on th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -302,3 +302,70 @@ def format_widget_latency(times: dict[str, float]) -> str:
 __all__ = ["run", "format_result", "recipe_epoch", "cnnlab_epoch", "CNNLAB_SETTINGS", "time_to_accuracy",
            "format_time_to_accuracy", "dashboard_overhead", "format_overhead",
            "widget_latency", "format_widget_latency"]
+
+
+# ----- each notebook's time, as a learner meets it ---------------------------------------------
+
+def notebook_times(names: Sequence[str] | None = None, *, store: bool = False, timeout: int = 1800,
+                   report: Callable[[str], None] = print) -> list[dict]:
+    """Each notebook in ``names`` (stems or numbers such as "06"; default all) at its default
+    setting, top to bottom on a fresh kernel, twice: **cold**, in a new temporary cache holding
+    only what the earlier notebooks saved (the order a learner takes), then **warm**, with its own
+    saved runs and caches present. Notebooks before the first named one run once, untimed, to
+    save the runs it loads. ``store``: write each cold run's executed copy back into ``notebooks/``
+    (its stored outputs). Returns ``[{"notebook", "cold", "warm", "error"}]`` (seconds)."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from cnnlab import repo_root
+    from cnnlab.gpu_check import run_notebook
+
+    folder = repo_root() / "notebooks"
+    paths = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        raise ValueError(f"no notebooks in {folder}: run the benchmark from a checkout of the repository")
+    wanted = [p for p in paths if names is None or p.stem in names or p.stem[:2] in names]
+    unknown = sorted(set(names or ()) - {p.stem for p in wanted} - {p.stem[:2] for p in wanted})
+    if unknown or not wanted:
+        raise ValueError(f"no notebook called {', '.join(unknown) or names}; choose from: "
+                         f"{', '.join(p.stem for p in paths)} (or their numbers, 00-{paths[-1].stem[:2]})")
+    cache = Path(tempfile.mkdtemp(prefix="cnnlab-bench-notebooks-"))
+    scratch = cache / "executed"
+    scratch.mkdir()
+    env = {**os.environ, "CNNLAB_CACHE": str(cache), "CNNLAB_SMOKE": "0",
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(repo_root()), os.environ.get("PYTHONPATH", "")) if p)}
+    results = []
+    try:
+        for path in paths[:paths.index(wanted[-1]) + 1]:
+            timed = path in wanted
+            report(f"{path.stem}: {'cold' if timed else 'preparing the runs later notebooks load'}...")
+            cold = run_notebook(path, scratch, env, timeout=timeout)
+            if cold["error"]:
+                report(f"{path.stem}: FAILED after {cold['seconds']:.0f} s: {cold['error']}")
+                results.append({"notebook": path.stem, "cold": cold["seconds"], "warm": None, "error": cold["error"]})
+                break  # the later notebooks would miss what this one saves
+            if not timed:
+                continue
+            if store:
+                shutil.copyfile(scratch / path.name, path)
+            warm = run_notebook(path, scratch, env, timeout=timeout)
+            results.append({"notebook": path.stem, "cold": cold["seconds"], "warm": warm["seconds"], "error": warm["error"]})
+            report(f"{path.stem}: cold {cold['seconds'] / 60:.1f} min, warm {warm['seconds'] / 60:.1f} min"
+                   + (f"  (warm run FAILED: {warm['error']})" if warm["error"] else ""))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return results
+
+
+def format_notebook_times(results: Sequence[dict]) -> str:
+    """The table of :func:`notebook_times`, against the targets (10 min cold, 3 min warm)."""
+    lines = [f"{'notebook':<34} {'cold':>9} {'warm':>9}   (targets: cold <= 10 min, warm <= 3 min; 2-core CPU)"]
+    for r in results:
+        warm = "-" if r["warm"] is None else f"{r['warm'] / 60:.1f} min"
+        flag = "" if r["error"] is None else f"  FAILED: {r['error']}"
+        over = [k for k, limit in (("cold", 600), ("warm", 180)) if r[k] is not None and r[k] > limit]
+        lines.append(f"{r['notebook']:<34} {r['cold'] / 60:>5.1f} min {warm:>9}" + (f"  over: {', '.join(over)}" if over else "") + flag)
+    return "\n".join(lines)

@@ -25,6 +25,7 @@ __all__ = [
     "error_ratio",
     "errors_per_million",
     "accuracy_interval",
+    "error_rate_test",
     "McNemar",
     "mcnemar",
     "required_test_size",
@@ -131,6 +132,26 @@ def accuracy_interval(correct: int, n: int, level: float = 0.95, method: str = "
         hi = 1.0 if correct == n else _solve(lambda q: _binom_tail_ge(correct + 1, n, q), 1 - alpha / 2)  # P(X <= k) = alpha/2
         return lo, hi
     raise ValueError(f"method is 'wilson' or 'exact', got {method!r}")
+
+
+def error_rate_test(errors: int, n: int, claimed: float) -> float:
+    """Is ``errors`` out of ``n`` test images consistent with a claimed error rate? The two-sided
+    exact binomial p-value: the chance, at the claimed rate, of a count at most as likely as this
+    one (SciPy's ``binomtest``). A small p rules the claim out; a large one does not prove it."""
+    try:
+        errors, n = operator.index(errors), operator.index(n)
+    except TypeError:
+        raise ValueError(f"need whole numbers 0 <= errors <= n and n > 0, got errors={errors!r}, n={n!r}") from None
+    if not (n > 0 and 0 <= errors <= n):
+        raise ValueError(f"need whole numbers 0 <= errors <= n and n > 0, got errors={errors!r}, n={n!r}")
+    if not 0 < claimed < 1:
+        raise ValueError(f"claimed is an error rate strictly between 0 and 1 (0.002 for 0.2%), got {claimed!r}")
+    lp, lq, top = math.log(claimed), math.log1p(-claimed), math.lgamma(n + 1)
+    log_pmf = [top - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(n + 1)]
+    cutoff = log_pmf[errors] + 1e-7  # counts as likely as the observed one, up to rounding, count too
+    peak = max(log_pmf)
+    total = sum(math.exp(v - peak) for v in log_pmf)
+    return min(1.0, sum(math.exp(v - peak) for v in log_pmf if v <= cutoff) / total)
 
 
 class McNemar(NamedTuple):

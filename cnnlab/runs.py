@@ -25,7 +25,7 @@ from cnnlab.train import History, evaluate, fit, make_config, seed_everything
 
 __all__ = [
     "SERIES_SETTINGS", "AUGMENT", "LADDER", "ENSEMBLE_SEEDS", "SERIES_MODELS",
-    "series_settings", "series_model", "load_series_run", "run_path", "save_run", "load_or_train",
+    "series_settings", "series_model", "load_series_run", "run_path", "save_run", "load_or_train", "scored_on",
 ]
 
 #: Notebook 06's augmentation: each training digit moved up to 2 px per axis, turned up to 10
@@ -128,13 +128,20 @@ def run_path(name: str, model: nn.Module, train_set: ImageSet, config: dict) -> 
     return cache_dir() / "runs" / f"{name}-{digest}.pt"
 
 
-def save_run(name: str, model: nn.Module, history: History, train_set: ImageSet) -> Path:
-    """Save a trained model with its history and test accuracy for later notebooks, and say under
-    which name (the later notebooks print the same name when they load it)."""
+def scored_on(eval_set: ImageSet | None) -> str:
+    """What the accuracy a run records is measured on: "validation" for a set whose ``split`` is
+    "validation" (a part of the training data held out to choose with), else "test"."""
+    return "validation" if eval_set is not None and eval_set.split == "validation" else "test"
+
+
+def save_run(name: str, model: nn.Module, history: History, train_set: ImageSet, *, scored: str = "test") -> Path:
+    """Save a trained model with its history and the accuracy ``fit`` measured last (on the test
+    set, or the validation set: ``scored``) for later notebooks, and say under which name (the
+    later notebooks print the same name when they load it)."""
     path = run_path(name, model, train_set, history.config)
     test_acc = history.last("test_acc")
     save_checkpoint(path, model, history=history, metrics={"test_acc": test_acc})
-    print(f"{name}: saved the run {path.name} (test accuracy {test_acc:.2%})")
+    print(f"{name}: saved the run {path.name} ({scored} accuracy {test_acc:.2%})")
     return path
 
 
@@ -170,10 +177,10 @@ def load_or_train(
             recorded = ckpt.metrics.get("test_acc", float("nan"))
             now = evaluate(ckpt.model.to(device), test_set).accuracy
             if _agrees(recorded, now, len(test_set)):
-                print(f"{name}: loaded the saved run {path.name} (test accuracy {recorded:.2%})")
+                print(f"{name}: loaded the saved run {path.name} ({scored_on(test_set)} accuracy {recorded:.2%})")
                 return ckpt.model, ckpt.history
             print(f"{name}: the saved run {path.name} recorded {recorded:.2%} but scores {now:.2%} on these "
-                  f"{len(test_set):,} test images; training again")
+                  f"{len(test_set):,} {scored_on(test_set)} images; training again")
         except CheckpointError as err:
             print(f"{name}: the saved run could not be used ({err}); training again")
     else:
@@ -183,5 +190,5 @@ def load_or_train(
         model = make_model()
     history = fit(model, train_set, test_set, **settings)
     if history.stopped is None:
-        save_run(name, model, history, train_set)
+        save_run(name, model, history, train_set, scored=scored_on(test_set))
     return model, history

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from torch import Tensor, nn
 
 from cnnlab.data import ImageSet
@@ -542,16 +542,19 @@ def plot_error_ladder(rows: Sequence, *, ax: Axes | None = None, title: str = ""
     logarithmic = (log if log is not None else max(errors) > 5 * max(min(errors), 1)) and min(errors) > 0  # 0 has no log
     if logarithmic:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 10, 20, 50, 100, ...: a readable tick per half-decade
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     for r, yi in zip(rows, y):
+        # the count and the p-value in a column right of the axes, so the x-axis spans only the data
         note = f"{r.errors:,}"
         if r.p_value is not None:
             note += f"   (p = {r.p_value:.2g} vs above)" if r.p_value >= 1e-4 else "   (p < 0.0001 vs above)"
-        ax.annotate(note, (r.interval[1] * n, yi), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.annotate(note, (1.02, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8,
+                    annotation_clip=False)
     ax.set_yticks(y, [r.label for r in rows], fontsize=9)
     ax.invert_yaxis()
-    ax.set_xlim(max(min(lo), 0.5) * 0.7 if logarithmic else 0, max(hi) * (6 if logarithmic else 1.7))
+    ax.set_xlim(max(min(lo), 0.5) * 0.8 if logarithmic else 0, max(hi) * (1.25 if logarithmic else 1.05))
     ax.set(xlabel=f"test errors out of {n:,} (fewer is better; bars: {rows[0].level:.0%} intervals)" + (", log scale" if logarithmic else ""),
            title=title or "test errors, each row against the row above")
     ax.grid(axis="x", alpha=0.3)

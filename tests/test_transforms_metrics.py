@@ -166,3 +166,18 @@ def test_required_test_size_gives_the_power_it_promises_in_simulation():
     z = (p2 - p1) / torch.sqrt(pooled * (1 - pooled) * 2 / n)
     power = float((z.abs() > 1.959964).float().mean())
     assert power == pytest.approx(0.8, abs=0.03)
+
+
+def test_error_rate_test_agrees_with_scipy_and_says_what_a_claim_survives():
+    """Oracle: SciPy's exact two-sided binomial test. 29 errors of 10,000 do not rule out 0.2% at 5%
+    (the Wilson interval's lower end, 0.202%, sits just above it: the two are different tests)."""
+    from scipy.stats import binomtest
+
+    from cnnlab.metrics import error_rate_test
+
+    for errors, n, rate in [(29, 10_000, 0.002), (0, 500, 0.01), (71, 10_000, 0.008), (500, 1_000, 0.5), (3, 10, 0.9)]:
+        assert error_rate_test(errors, n, rate) == pytest.approx(binomtest(errors, n, rate).pvalue, rel=1e-6)
+    assert error_rate_test(29, 10_000, 0.002) > 0.05 > error_rate_test(40, 10_000, 0.002)
+    for bad in [(-1, 10, 0.1), (11, 10, 0.1), (1, 0, 0.1), (1, 10, 0.0), (1, 10, 1.0), (1.5, 10, 0.1)]:
+        with pytest.raises(ValueError, match="error"):
+            error_rate_test(*bad)

@@ -141,6 +141,11 @@ class Report:
         return format_rows(self.rows, source=True)
 
 
+def report_runs(seeds: Sequence[int] = ENSEMBLE_SEEDS) -> list[tuple[str, int]]:
+    """The saved runs (name, seed) that :func:`series_report` loads, in its order."""
+    return [(name, 0) for name, *_ in SOURCE_TABLE] + [("modern-cnn", seed) for seed in seeds]
+
+
 def series_report(train_set: ImageSet, test_set: ImageSet, *, device: str | None = None,
                   seeds: Sequence[int] = ENSEMBLE_SEEDS) -> Report:
     """The source's table from the series' saved runs (each trained now if missing): linear,

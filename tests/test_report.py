@@ -128,10 +128,14 @@ def test_series_models_match_their_descriptions():
     small, wide = count_parameters(series_model("small-cnn")), count_parameters(series_model("mlp-wide"))
     assert abs(wide - small) / small < 0.001  # "as many parameters as the small CNN"
     assert count_parameters(series_model("modern-cnn")) < small / 4
-    # each rung changes one thing: consecutive rungs' settings differ in at most one key
-    for (a, _), (b, _) in zip(LADDER, LADDER[1:]):
+    # each rung changes one thing: consecutive rungs' settings differ in one key; a change of the
+    # number of epochs besides it must be named in the rung's label
+    for (a, _), (b, label) in zip(LADDER, LADDER[1:]):
         changed = {k for k in SERIES_SETTINGS[a].keys() | SERIES_SETTINGS[b].keys()
                    if SERIES_SETTINGS[a].get(k) != SERIES_SETTINGS[b].get(k)}
+        if "epochs" in changed and len(changed) + (SERIES_MODELS[a] != SERIES_MODELS[b]) > 1:
+            assert f"({SERIES_SETTINGS[b]['epochs']} epochs)" in label, (b, label)
+            changed.discard("epochs")
         assert len(changed) + (SERIES_MODELS[a] != SERIES_MODELS[b]) == 1, (a, b, changed)
     with pytest.raises(ValueError, match="choose one of"):
         series_model("resnet")
@@ -155,8 +159,13 @@ def test_report_trains_what_is_missing_then_loads_it(tmp_path):
     assert all(r["n"] == 300 and 0 <= r["errors"] <= 300 for r in result["rows"])
     assert result["rows"][0]["extra"]["source_error"] == 0.08
     assert first.stderr.count("training it now") == 5  # linear, MLP, small CNN, modern CNN seeds 0 and 1
+    # it said so before it started, with a time
+    assert ("to train first: linear (seed 0, 1 epoch), mlp (seed 0, 1 epoch), small-cnn (seed 0, 1 epoch), "
+            "modern-cnn (seed 0, 1 epoch), modern-cnn (seed 1, 1 epoch); under a minute on a 2-core CPU") in first.stderr
+    assert first.stderr.index("to train first") < first.stderr.index("training it now")
     second = _report_cli(cache=tmp_path)
     assert second.returncode == 0 and "training it now" not in second.stdout
+    assert "every run it needs is saved: nothing to train" in second.stdout
     assert second.stdout.count("loaded the saved run") == 5  # the modern CNN of seed 0 once, for its row and the ensemble
     for r in result["rows"]:  # the same models: the same counts in the printed table
         assert f"{r['errors']:>5,} / 300" in second.stdout
@@ -201,3 +210,27 @@ def test_accuracy_interval_takes_numpy_and_tensor_integers():
     assert accuracy_interval(torch.tensor(990), 1000) == accuracy_interval(990, 1000)
     with pytest.raises(ValueError, match="whole numbers"):
         accuracy_interval(990.5, 1000)
+
+
+def test_planned_training_lists_missing_runs_with_a_time_that_grows_with_the_work(tmp_path, monkeypatch):
+    from cnnlab.runs import format_plan, planned_training
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    monkeypatch.delenv("CNNLAB_SMOKE", raising=False)
+
+    class Mnist:  # what a plan reads of the training set: its name and size
+        name, split = "mnist", "train"
+
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+    plan = planned_training([("small-cnn", 0), ("modern-cnn", 0), ("modern-cnn", 1), ("small-cnn", 0)], Mnist(60_000))
+    assert [(p["name"], p["seed"]) for p in plan] == [("small-cnn", 0), ("modern-cnn", 0), ("modern-cnn", 1)]
+    assert plan[0]["epochs"] == 5 and plan[0]["seconds"] > 60  # five epochs of 60,000 on 2 cores: minutes
+    small = planned_training([("small-cnn", 0)], Mnist(6_000))
+    assert small[0]["seconds"] == pytest.approx(plan[0]["seconds"] / 10)
+    assert "about" in format_plan(plan) and "min on a 2-core CPU" in format_plan(plan)
+    assert format_plan([]) == "every run it needs is saved: nothing to train"

@@ -109,15 +109,23 @@ def _solve(f, target: float) -> float:
     return (lo + hi) / 2
 
 
+def _count_of(k, n, name: str) -> tuple[int, int]:
+    """``k`` out of ``n`` as two Python ints (from Python's, NumPy's or a 0-d tensor's whole
+    numbers), refused unless 0 <= k <= n and n > 0; ``name`` is what ``k`` counts."""
+    message = f"need whole numbers 0 <= {name} <= n and n > 0, got {name}={k!r}, n={n!r}"
+    try:
+        k, n = operator.index(k), operator.index(n)
+    except TypeError:
+        raise ValueError(message) from None
+    if not (n > 0 and 0 <= k <= n):
+        raise ValueError(message)
+    return k, n
+
+
 def accuracy_interval(correct: int, n: int, level: float = 0.95, method: str = "wilson") -> tuple[float, float]:
     """A ``level`` confidence interval for an accuracy of ``correct`` out of ``n`` test images:
     ``"wilson"`` (the score interval) or ``"exact"`` (Clopper-Pearson, never too narrow)."""
-    try:  # any whole number: Python's, NumPy's or a 0-d integer tensor's
-        correct, n = operator.index(correct), operator.index(n)
-    except TypeError:
-        raise ValueError(f"need whole numbers 0 <= correct <= n and n > 0, got correct={correct!r}, n={n!r}") from None
-    if not (n > 0 and 0 <= correct <= n):
-        raise ValueError(f"need whole numbers 0 <= correct <= n and n > 0, got correct={correct!r}, n={n!r}")
+    correct, n = _count_of(correct, n, "correct")
     if not 0 < level < 1:
         raise ValueError(f"level is a probability such as 0.95, got {level}")
     alpha = 1 - level
@@ -138,12 +146,7 @@ def error_rate_test(errors: int, n: int, claimed: float) -> float:
     """Is ``errors`` out of ``n`` test images consistent with a claimed error rate? The two-sided
     exact binomial p-value: the chance, at the claimed rate, of a count at most as likely as this
     one (SciPy's ``binomtest``). A small p rules the claim out; a large one does not prove it."""
-    try:
-        errors, n = operator.index(errors), operator.index(n)
-    except TypeError:
-        raise ValueError(f"need whole numbers 0 <= errors <= n and n > 0, got errors={errors!r}, n={n!r}") from None
-    if not (n > 0 and 0 <= errors <= n):
-        raise ValueError(f"need whole numbers 0 <= errors <= n and n > 0, got errors={errors!r}, n={n!r}")
+    errors, n = _count_of(errors, n, "errors")
     if not 0 < claimed < 1:
         raise ValueError(f"claimed is an error rate strictly between 0 and 1 (0.002 for 0.2%), got {claimed!r}")
     lp, lq, top = math.log(claimed), math.log1p(-claimed), math.lgamma(n + 1)

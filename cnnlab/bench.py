@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -307,22 +308,22 @@ __all__ = ["run", "format_result", "recipe_epoch", "cnnlab_epoch", "CNNLAB_SETTI
 # ----- each notebook's time, as a learner meets it ---------------------------------------------
 
 def notebook_times(names: Sequence[str] | None = None, *, store: bool = False, timeout: int = 1800,
-                   report: Callable[[str], None] = print) -> list[dict]:
+                   folder: Path | None = None, report: Callable[[str], None] = print) -> list[dict]:
     """Each notebook in ``names`` (stems or numbers such as "06"; default all) at its default
     setting, top to bottom on a fresh kernel, twice: **cold**, in a new temporary cache holding
     only what the earlier notebooks saved (the order a learner takes), then **warm**, with its own
     saved runs and caches present. Notebooks before the first named one run once, untimed, to
     save the runs it loads. ``store``: write each cold run's executed copy back into ``notebooks/``
-    (its stored outputs). Returns ``[{"notebook", "cold", "warm", "error"}]`` (seconds)."""
+    (its stored outputs). ``folder``: where the notebooks are (default: the checkout's
+    ``notebooks/``). Returns ``[{"notebook", "cold", "warm", "error"}]`` (seconds)."""
     import os
     import shutil
     import tempfile
-    from pathlib import Path
 
     from cnnlab import repo_root
     from cnnlab.gpu_check import run_notebook
 
-    folder = repo_root() / "notebooks"
+    folder = repo_root() / "notebooks" if folder is None else Path(folder)
     paths = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if not paths:
         raise ValueError(f"no notebooks in {folder}: run the benchmark from a checkout of the repository")

@@ -6,7 +6,6 @@ import json
 import nbformat
 import pytest
 
-import cnnlab
 from cnnlab.bench import format_notebook_times, notebook_times
 
 SAVES = """import os, pathlib
@@ -17,12 +16,11 @@ print("found before:", sorted(p.name for p in cache.glob("*.run")))
 
 
 @pytest.fixture
-def repo(tmp_path, monkeypatch):
+def repo(tmp_path):
     (tmp_path / "notebooks").mkdir()
     for stem in ("00_first", "01_second", "02_third"):
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SAVES.format(name=stem))])
         nbformat.write(nb, tmp_path / "notebooks" / f"{stem}.ipynb")
-    monkeypatch.setattr(cnnlab, "repo_root", lambda: tmp_path)
     return tmp_path
 
 
@@ -31,7 +29,7 @@ def _printed(path):
 
 
 def test_cold_sees_only_earlier_notebooks_runs_and_warm_sees_its_own(repo):
-    results = notebook_times(["01"], store=True, report=lambda line: None)
+    results = notebook_times(["01"], store=True, folder=repo / "notebooks", report=lambda line: None)
     assert [r["notebook"] for r in results] == ["01_second"]  # 00 ran only to prepare, 02 not at all
     assert results[0]["error"] is None and results[0]["cold"] > 0 and results[0]["warm"] > 0
     # the stored outputs are the cold run's: 00's run was there, 01's own was not yet
@@ -43,7 +41,7 @@ def test_cold_sees_only_earlier_notebooks_runs_and_warm_sees_its_own(repo):
 def test_a_notebook_that_fails_is_reported_and_stops_the_run(repo):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise RuntimeError('broken on purpose')")])
     nbformat.write(nb, repo / "notebooks" / "00_first.ipynb")
-    results = notebook_times(["01"], report=lambda line: None)
+    results = notebook_times(["01"], folder=repo / "notebooks", report=lambda line: None)
     assert [r["notebook"] for r in results] == ["00_first"]
     assert "broken on purpose" in results[0]["error"]
     assert "FAILED" in format_notebook_times(results)
@@ -51,4 +49,4 @@ def test_a_notebook_that_fails_is_reported_and_stops_the_run(repo):
 
 def test_an_unknown_notebook_is_refused_with_the_choices(repo):
     with pytest.raises(ValueError, match="no notebook called 07.*00_first"):
-        notebook_times(["07"])
+        notebook_times(["07"], folder=repo / "notebooks")

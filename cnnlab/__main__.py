@@ -137,10 +137,12 @@ def _bench(args) -> int:
         raise ValueError(f"--target is a test accuracy between 0 and 1 (0 skips it), got {args.target}")
     if args.store and args.notebooks is None:
         raise ValueError("--store writes the notebooks' outputs: use it with --notebooks")
+    if args.cache is not None and args.notebooks is None:
+        raise ValueError("--cache is the notebooks' cache folder: use it with --notebooks")
     if args.notebooks is not None:
         from cnnlab.bench import format_notebook_times, notebook_times
 
-        results = notebook_times(args.notebooks or None, store=args.store,
+        results = notebook_times(args.notebooks or None, store=args.store, cache=args.cache,
                                  report=lambda line: print(line, file=out, flush=True))
         print(format_notebook_times(results), file=out, flush=True)
         if args.json:
@@ -262,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: each notebook (all, or those named: 06 07 ...) at its default on a fresh kernel, cold "
                         "(a new cache with only the earlier notebooks' saved runs) and warm (its own runs saved)")
     b.add_argument("--store", action="store_true", help="with --notebooks: keep each cold run's outputs in notebooks/")
+    b.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="with --notebooks: use DIR as the cache and keep it; earlier notebooks that already ran in it "
+                        "are not run again (time 05-07 now, 08-09 later, preparing 00-04 once)")
     b.add_argument("--repeats", type=int, default=2, help="alternations of the two paths (default 2)")
     b.add_argument("--target", type=float, default=0.992,
                    help="then time the series' small-CNN settings to this test accuracy (default 0.992; 0 skips)")

@@ -308,14 +308,20 @@ __all__ = ["run", "format_result", "recipe_epoch", "cnnlab_epoch", "CNNLAB_SETTI
 # ----- each notebook's time, as a learner meets it ---------------------------------------------
 
 def notebook_times(names: Sequence[str] | None = None, *, store: bool = False, timeout: int = 1800,
-                   folder: Path | None = None, report: Callable[[str], None] = print) -> list[dict]:
+                   folder: Path | None = None, cache: Path | None = None,
+                   report: Callable[[str], None] = print) -> list[dict]:
     """Each notebook in ``names`` (stems or numbers such as "06"; default all) at its default
     setting, top to bottom on a fresh kernel, twice: **cold**, in a new temporary cache holding
     only what the earlier notebooks saved (the order a learner takes), then **warm**, with its own
     saved runs and caches present. Notebooks before the first named one run once, untimed, to
     save the runs it loads. ``store``: write each cold run's executed copy back into ``notebooks/``
     (its stored outputs). ``folder``: where the notebooks are (default: the checkout's
-    ``notebooks/``). Returns ``[{"notebook", "cold", "warm", "error"}]`` (seconds)."""
+    ``notebooks/``). ``cache``: a folder to use as the cache and keep afterwards (default: a new
+    temporary one, removed); it records in ``prepared.txt`` which notebooks ran in it, and an
+    earlier notebook recorded there is not run again, so that a later call can time the next
+    notebooks without preparing the earlier ones twice. A named notebook recorded there is
+    refused: its own runs are in the cache, so it cannot run cold.
+    Returns ``[{"notebook", "cold", "warm", "error"}]`` (seconds)."""
     import os
     import shutil
     import tempfile
@@ -332,9 +338,16 @@ def notebook_times(names: Sequence[str] | None = None, *, store: bool = False, t
     if unknown or not wanted:
         raise ValueError(f"no notebook called {', '.join(unknown) or names}; choose from: "
                          f"{', '.join(p.stem for p in paths)} (or their numbers, 00-{paths[-1].stem[:2]})")
-    cache = Path(tempfile.mkdtemp(prefix="cnnlab-bench-notebooks-"))
+    keep = cache is not None
+    cache = Path(cache) if keep else Path(tempfile.mkdtemp(prefix="cnnlab-bench-notebooks-"))
+    record = cache / "prepared.txt"
+    prepared = set(record.read_text().split()) if record.is_file() else set()
+    ran_before = sorted(p.stem for p in wanted if p.stem in prepared)
+    if ran_before:
+        raise ValueError(f"{', '.join(ran_before)} already ran in {cache}, so it cannot run cold there: "
+                         "time it in a new cache folder")
     scratch = cache / "executed"
-    scratch.mkdir()
+    scratch.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CNNLAB_CACHE": str(cache), "CNNLAB_SMOKE": "0",
            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
            "PYTHONPATH": os.pathsep.join(p for p in (str(repo_root()), os.environ.get("PYTHONPATH", "")) if p)}
@@ -342,12 +355,17 @@ def notebook_times(names: Sequence[str] | None = None, *, store: bool = False, t
     try:
         for path in paths[:paths.index(wanted[-1]) + 1]:
             timed = path in wanted
+            if not timed and path.stem in prepared:
+                report(f"{path.stem}: its runs are in {cache} already")
+                continue
             report(f"{path.stem}: {'cold' if timed else 'preparing the runs later notebooks load'}...")
             cold = run_notebook(path, scratch, env, timeout=timeout)
             if cold["error"]:
                 report(f"{path.stem}: FAILED after {cold['seconds']:.0f} s: {cold['error']}")
                 results.append({"notebook": path.stem, "cold": cold["seconds"], "warm": None, "error": cold["error"]})
                 break  # the later notebooks would miss what this one saves
+            with record.open("a") as f:
+                f.write(path.stem + "\n")
             if not timed:
                 continue
             if store:
@@ -357,7 +375,8 @@ def notebook_times(names: Sequence[str] | None = None, *, store: bool = False, t
             report(f"{path.stem}: cold {cold['seconds'] / 60:.1f} min, warm {warm['seconds'] / 60:.1f} min"
                    + (f"  (warm run FAILED: {warm['error']})" if warm["error"] else ""))
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(cache, ignore_errors=True)
     return results
 
 

@@ -50,3 +50,16 @@ def test_a_notebook_that_fails_is_reported_and_stops_the_run(repo):
 def test_an_unknown_notebook_is_refused_with_the_choices(repo):
     with pytest.raises(ValueError, match="no notebook called 07.*00_first"):
         notebook_times(["07"], folder=repo / "notebooks")
+
+
+def test_a_kept_cache_prepares_the_earlier_notebooks_once_and_refuses_a_warm_cold_run(repo, tmp_path):
+    cache = tmp_path / "kept"
+    first = notebook_times(["01"], folder=repo / "notebooks", cache=cache, report=lambda line: None)
+    assert first[0]["error"] is None and sorted(p.name for p in cache.glob("*.run")) == ["00_first.run", "01_second.run"]
+    said = []
+    second = notebook_times(["02"], store=True, folder=repo / "notebooks", cache=cache, report=said.append)
+    assert [r["notebook"] for r in second] == ["02_third"] and second[0]["error"] is None
+    assert not any("00_first: preparing" in line or "01_second: preparing" in line for line in said)  # not run again
+    assert "found before: ['00_first.run', '01_second.run']" in _printed(repo / "notebooks" / "02_third.ipynb")
+    with pytest.raises(ValueError, match="01_second already ran in .*cannot run cold"):
+        notebook_times(["01"], folder=repo / "notebooks", cache=cache)

@@ -1,11 +1,15 @@
-"""Activations captured with forward hooks inside a context manager that always removes them."""
+"""Activations captured with forward hooks inside a context manager that always removes them;
+per-layer statistics of one batch, forward and backward."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlab.device import model_device
@@ -13,7 +17,7 @@ from cnnlab.models import eval_mode
 
 __all__ = [
     "capture", "feature_maps", "layer_names", "leaf_layers", "spatial_layers", "channel_maxima", "top_activating",
-    "filter_of", "feature_map_view",
+    "filter_of", "feature_map_view", "LayerStats", "layer_statistics",
 ]
 
 
@@ -119,3 +123,68 @@ def feature_map_view(model: nn.Module, x: Tensor, layer: str, channel: int) -> d
     conv = filter_of(model, layer)
     return {"maps": maps, "map": maps[channel], "conv": conv[0] if conv else None,
             "filter": conv[1][channel] if conv else None}
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One batch's statistics, layer by layer, in the order asked for (see :func:`layer_statistics`)."""
+
+    names: list[str]
+    output_std: Tensor  # (L,) how much each layer's output varies from image to image
+    grad_rms: Tensor  # (L,) root mean square of d loss / d output
+    weight_grad_norm: Tensor  # (L,) norm of d loss / d weight; nan for a layer without a weight
+    loss: float
+
+    def rows(self) -> list[tuple[str, float, float, float]]:
+        """``(name, output_std, grad_rms, weight_grad_norm)`` per layer, for printing."""
+        return [(n, float(a), float(g), float(w))
+                for n, a, g, w in zip(self.names, self.output_std, self.grad_rms, self.weight_grad_norm)]
+
+
+def layer_statistics(model: nn.Module, xb: Tensor, yb: Tensor, layers: Sequence[str] | None = None,
+                     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> LayerStats:
+    """Forward and backward statistics of ``layers`` (default: every ``nn.Conv2d``) for one batch.
+
+    Forward, ``output_std``: each output unit's standard deviation over the batch's images,
+    root-mean-squared over the units: how much of the input still reaches the layer (a constant
+    output, however large, scores 0). Backward, for ``loss_fn(model(xb), yb)``: the root mean
+    square of its gradient with respect to each layer's output (``grad_rms``) and the norm of its
+    gradient with respect to the layer's weight (``weight_grad_norm``). The model runs where it
+    is, in eval mode (no dropout, BatchNorm's running statistics), and is left as it was: hooks
+    removed whatever happens, no ``.grad`` written. A layer called twice is measured at its last
+    call. Returns CPU tensors.
+    """
+    if len(xb) < 2:
+        raise ValueError(f"layer_statistics needs a batch of at least 2 images to measure a spread, got {len(xb)}")
+    modules = dict(model.named_modules())
+    names = list(layers) if layers is not None else [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    device = model_device(model)
+    xb = xb.detach().to(device)
+    inputs = [xb.requires_grad_(True)] if xb.is_floating_point() else []  # upstream of every layer: grads reach all
+    with eval_mode(model), torch.enable_grad(), capture(model, names, detach=False) as acts:
+        loss = loss_fn(model(xb), yb.to(device))
+    unused = [n for n in names if n not in acts]
+    if unused:
+        raise ValueError(f"the forward pass never called {unused}")
+    weights = {n: modules[n].weight for n in names
+               if isinstance(getattr(modules[n], "weight", None), Tensor) and modules[n].weight.requires_grad}
+    grads = torch.autograd.grad(loss, [acts[n] for n in names] + list(weights.values()) + inputs, allow_unused=True)
+    out_grads, weight_grads = grads[: len(names)], dict(zip(weights, grads[len(names):len(names) + len(weights)]))
+
+    def rms(t: Tensor | None) -> float:
+        return 0.0 if t is None else float(t.detach().double().pow(2).mean().sqrt())
+
+    def spread(t: Tensor) -> float:
+        return float(t.detach().double().flatten(1).var(0, correction=0).mean().sqrt())
+
+    def norm(n: str) -> float:
+        g = weight_grads.get(n)
+        return math.nan if n not in weights else 0.0 if g is None else float(g.detach().double().norm())
+
+    return LayerStats(
+        names=names,
+        output_std=torch.tensor([spread(acts[n]) for n in names]),
+        grad_rms=torch.tensor([rms(g) for g in out_grads]),
+        weight_grad_norm=torch.tensor([norm(n) for n in names]),
+        loss=float(loss.detach()),
+    )

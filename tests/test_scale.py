@@ -120,6 +120,7 @@ def test_a_model_row_measures_again_on_a_bigger_input_when_the_field_fills_it():
     assert (row.receptive_field, row.rf_input, row.rf_text) == (195, 256, "195")
     table = format_models([row])
     assert "61,100,840" in table and "56.52% (V1)" in table and table.splitlines()[-1].endswith("195")
+    assert row.year == 2014 and not row.transformer and "2014" in table.splitlines()[-1]
 
 
 def test_batch_losses_records_every_nth_batch(mnist_small):
@@ -146,3 +147,53 @@ def test_models_command_prints_the_table_and_json(capsys):
     assert "resnet18" in captured.err and "11,689,512" in captured.err
     assert main(["models", "--names", "resnet51", "--no-time", "--no-rf"]) == 2
     assert "no model 'resnet51'" in capsys.readouterr().err
+
+
+def test_every_architecture_is_built_as_its_published_weights_count_it_with_a_year():
+    from cnnlab.scale import ARCHITECTURES, PAPERS, TRANSFORMERS, build, imagenet_weights
+
+    assert set(PAPERS) == set(ARCHITECTURES) and TRANSFORMERS <= set(ARCHITECTURES)
+    assert [PAPERS[n][0] for n in ARCHITECTURES] == sorted(PAPERS[n][0] for n in ARCHITECTURES)  # oldest first
+    for name in ARCHITECTURES:  # googlenet without its auxiliary classifiers, as its weights were published
+        published = {w["parameters"] for w in imagenet_weights(name) if w["imagenet1k_only"]}
+        assert count_parameters(build(name)) in published, name
+    swag = {w["weights"]: w["imagenet1k_only"] for w in imagenet_weights("vit_b_16")}
+    assert swag == {"IMAGENET1K_V1": True, "IMAGENET1K_SWAG_E2E_V1": False, "IMAGENET1K_SWAG_LINEAR_V1": False}
+
+
+@pytest.mark.parametrize("name", ["googlenet", "vit_b_16", "swin_t"])
+def test_macs_of_attention_and_inception_match_torchvision_documented_gflops(name):
+    from cnnlab.scale import build, count_macs, imagenet_weights
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    documented = imagenet_weights(name)[0]["gflops"]
+    assert count_macs(build(name)) / 1e9 == pytest.approx(documented, abs=0.001)  # ViT's attention counted too
+    assert torch.backends.mha.get_fastpath_enabled() == fastpath  # the setting it changes is put back
+
+
+def test_resnet_fields_add_up_stage_by_stage_from_their_3x3_convolutions():
+    from cnnlab.scale import build, field_by_stage
+
+    for name, per_stage, field in (("resnet18", [4, 4, 4, 4], 435), ("resnet50", [3, 4, 6, 3], 427)):
+        stages = field_by_stage(build(name))
+        assert [s["stage"] for s in stages] == ["stem", "layer1", "layer2", "layer3", "layer4"]
+        assert stages[0]["field"] == 11  # a 7x7 stride-2 conv (6 px), then a 3x3 max-pool at jump 2 (4 px)
+        assert [len(s["layers"]) for s in stages[1:]] == per_stage  # 16 3x3 convolutions in both
+        for s in stages[1:]:
+            assert all(kernel == 3 and added == 2 * jump for _, kernel, jump, added in s["layers"])
+        assert sum(s["added"] for s in stages) + 1 == stages[-1]["field"] == field
+    assert measured_receptive_field(build("resnet18"), "layer4", input_size=512) == (435, 435)
+
+
+def test_a_vit_token_sees_one_patch_then_after_one_attention_block_the_whole_image():
+    from cnnlab.scale import PatchGrid, build, format_models, model_row
+
+    vit = build("vit_b_16")
+    assert measured_receptive_field(PatchGrid(vit, blocks=0), input_size=224) == (16, 16)
+    row = model_row("vit_b_16", time_it=False)
+    assert (row.receptive_field, row.rf_input, row.rf_text) == (224, 224, ">= 224")
+    assert row.transformer and row.year == 2020 and row.extra_data == ("IMAGENET1K_SWAG_E2E_V1", "IMAGENET1K_SWAG_LINEAR_V1")
+    assert row.best_top1() == ("IMAGENET1K_V1", 81.072) and row.best_top1(imagenet1k_only=False)[1] == 85.304
+    table = format_models([row])
+    assert "85.30% (SWAG_E2E_V1*)" in table and "* pretrained on more than ImageNet-1K" in table
+    assert "first encoder block" in table.splitlines()[-1]

@@ -21,6 +21,8 @@ __all__ = [
     "show_weights_as_templates",
     "plot_confusion",
     "plot_history",
+    "TRAIN_COLOR",
+    "SCORED_COLOR",
     "plot_shift_curve",
     "show_prediction",
     "PredictionPanel",
@@ -51,19 +53,34 @@ def show_images(
     ncols: int = 8,
     titles: Sequence[str] | None = None,
     size: float = 1.2,
+    ink: str = "dark",
+    colorbar: bool = False,
 ) -> Figure:
-    """A grid of the images at ``index`` with their labels (or ``titles``)."""
+    """A grid of the images at ``index`` with their labels (or ``titles``).
+
+    One-channel images are drawn with high values dark (``ink="dark"``, the series' digits as
+    ink on paper) or as stored, high values light (``ink="light"``: 0 black, 1 white, what a
+    network fed these pixels receives). ``colorbar`` adds the grey scale, labelled."""
+    if ink not in ("dark", "light"):
+        raise ValueError(f"ink must be 'dark' (high values dark) or 'light' (as stored: 1 is white), got {ink!r}")
     index = list(index)
     nrows = max(1, math.ceil(len(index) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size + (0.9 if colorbar else 0), nrows * size * 1.15),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    im = None
     for k, (ax, i) in enumerate(zip(axes.flat, index)):
         img = data.denormalize(data.x[i].detach().float().cpu())
-        ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray_r" if img.shape[0] == 1 else None, vmin=0, vmax=1)
+        cmap = ("gray_r" if ink == "dark" else "gray") if img.shape[0] == 1 else None
+        im = ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap=cmap, vmin=0, vmax=1)
         label = titles[k] if titles is not None else data.classes[int(data.y[i])]
         ax.set_title(label, fontsize=8)
     fig.tight_layout()
+    if colorbar and im is not None:
+        cb = fig.colorbar(im, ax=axes, shrink=0.8, pad=0.02, fraction=0.03)
+        cb.set_label("pixel value (0-1)", fontsize=8)
+        cb.ax.tick_params(labelsize=7)
     return fig
 
 
@@ -124,10 +141,23 @@ def plot_confusion(cm: Tensor, classes: Sequence[str], *, ax: Axes | None = None
     return ax
 
 
-def plot_history(histories: History | Mapping[str, History], *, axes: Sequence[Axes] | None = None) -> Figure:
-    """Loss and test accuracy per epoch, for one run or several (a dict of name -> History)."""
+#: Two colours told apart with any colour vision (Okabe and Ito's palette): training, and the
+#: set a model is scored on (test or validation).
+TRAIN_COLOR, SCORED_COLOR = "#0072B2", "#D55E00"
+
+
+def plot_history(histories: History | Mapping[str, History], *, axes: Sequence[Axes] | None = None,
+                 separate: bool = False, scored: str = "test", log_loss: bool = False) -> Figure:
+    """Loss and test accuracy per epoch, for one run or several (a dict of name -> History).
+
+    ``separate``: one column per run instead of all runs on two axes: loss on top, accuracy
+    below, training and ``scored`` (what the run was scored on: "test" or "validation") in two
+    colour-blind-safe colours and line styles, each run on its own scales. ``log_loss``: the loss
+    on a log axis (one early spike no longer flattens the rest)."""
     if isinstance(histories, History):
         histories = {histories.model or "model": histories}
+    if separate:
+        return _history_panels(histories, axes=axes, scored=scored, log_loss=log_loss)
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     fig = axes[0].figure
@@ -135,15 +165,50 @@ def plot_history(histories: History | Mapping[str, History], *, axes: Sequence[A
         epochs = h.column("epoch")
         line, = axes[0].plot(epochs, h.column("train_loss"), marker="o", label=f"{name} train")
         if h.epochs and "test_loss" in h.epochs[0]:
-            axes[0].plot(epochs, h.column("test_loss"), marker="o", ls="--", color=line.get_color(), label=f"{name} test")
+            axes[0].plot(epochs, h.column("test_loss"), marker="o", ls="--", color=line.get_color(), label=f"{name} {scored}")
             axes[1].plot(epochs, [100 * a for a in h.column("test_acc")], marker="o", color=line.get_color(), label=name)
     axes[0].set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    axes[1].set(xlabel="epoch", ylabel=f"{scored} accuracy (%)", title=f"{scored} accuracy")
+    if log_loss:
+        axes[0].set_yscale("log")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
+    return fig
+
+
+def _history_panels(histories: Mapping[str, History], *, axes, scored: str, log_loss: bool) -> Figure:
+    n = len(histories)
+    if axes is None:
+        fig, axes = plt.subplots(2, n, figsize=(2.9 * n + 0.4, 5.2), squeeze=False)
+    else:
+        axes = [[a] for a in axes] if n == 1 and len(axes) == 2 else axes
+    fig = axes[0][0].figure
+    styles = {"train": dict(color=TRAIN_COLOR, ls="-", marker="o"), scored: dict(color=SCORED_COLOR, ls="--", marker="s")}
+    for k, (name, h) in enumerate(histories.items()):
+        loss_ax, acc_ax = axes[0][k], axes[1][k]
+        epochs = h.column("epoch")
+        marker_size = 4 if len(epochs) <= 20 else 2
+        loss_ax.plot(epochs, h.column("train_loss"), ms=marker_size, label="train", **styles["train"])
+        acc_ax.plot(epochs, [100 * a for a in h.column("train_acc")], ms=marker_size, label="train", **styles["train"])
+        if h.epochs and "test_loss" in h.epochs[0]:
+            loss_ax.plot(epochs, h.column("test_loss"), ms=marker_size, label=scored, **styles[scored])
+            acc_ax.plot(epochs, [100 * a for a in h.column("test_acc")], ms=marker_size, label=scored, **styles[scored])
+        loss_ax.set_title(name, fontsize=10)
+        loss_ax.set(ylabel="cross-entropy loss" + (" (log scale)" if log_loss else "") if k == 0 else "")
+        acc_ax.set(xlabel="epoch", ylabel="accuracy (%)" if k == 0 else "")
+        if log_loss:
+            loss_ax.set_yscale("log")
+        for ax in (loss_ax, acc_ax):
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 
@@ -562,46 +627,72 @@ def plot_error_ladder(rows: Sequence, *, ax: Axes | None = None, title: str = ""
 
 
 def show_guesses(images: Sequence[Tensor] | Tensor, guesses: Sequence[Sequence[tuple[str, float]]], *,
-                 titles: Sequence[str] | None = None, size: float = 2.6) -> Figure:
+                 titles: Sequence[str] | None = None, size: float = 2.6, ncols: int | None = None) -> Figure:
     """Photos ((C, H, W) in [0, 1], any device) above a bar chart of each one's top guesses
-    (from :func:`cnnlab.transfer.top5`): probability on a shared 0-1 axis."""
+    (from :func:`cnnlab.transfer.top5`): probability on a shared 0-1 axis. ``ncols``: photos per
+    row (default: all in one row); more photos wrap onto further rows."""
     n = len(guesses)
     if len(images) != n or (titles is not None and len(titles) != n) or n == 0:
         raise ValueError(f"need one image (and one title) per guess list: got {len(images)} images, {n} guess lists"
                          + (f", {len(titles)} titles" if titles is not None else ""))
-    fig, axes = plt.subplots(2, n, figsize=(n * size, 2 * size), squeeze=False,
-                             gridspec_kw={"height_ratios": [1.3, 1]})
+    ncols = n if ncols is None else max(1, min(ncols, n))
+    rows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(2 * rows, ncols, figsize=(ncols * size, 2 * rows * size), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.3, 1] * rows})
+    for ax in axes.flat:
+        ax.axis("off")
     for k in range(n):
+        r, c = divmod(k, ncols)
+        photo_ax, ax = axes[2 * r, c], axes[2 * r + 1, c]
         img = images[k].detach().float().cpu()
-        axes[0, k].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None)
-        axes[0, k].axis("off")
+        photo_ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None,
+                        vmin=0, vmax=1)
         if titles is not None:
-            axes[0, k].set_title(titles[k], fontsize=9)
+            photo_ax.set_title(titles[k], fontsize=9)
         names = [name for name, _ in guesses[k]][::-1]
         probs = [p for _, p in guesses[k]][::-1]
-        ax = axes[1, k]
+        ax.axis("on")
         ax.barh(range(len(names)), probs, color="#1f77b4")
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_xlabel("probability", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     return fig
 
 
-def plot_learning_curves(curves: Mapping[str, Mapping[int, float]], *, ax: Axes | None = None,
-                         title: str = "") -> Axes:
-    """Test accuracy against the number of training images (log axis), one line per method."""
+def plot_learning_curves(curves: Mapping[str, Mapping[int, float | Sequence[float]]], *, ax: Axes | None = None,
+                         title: str = "", n_test: int | None = None, scored: str = "test") -> Axes:
+    """Accuracy against the number of training images (log axis), one line per method.
+
+    Each point is one accuracy, or several (one per draw of the training images): then every
+    draw is a small dot and the line joins their means. ``n_test``: the number of images scored,
+    to draw each mean's 95% interval (Wilson, as :func:`cnnlab.metrics.accuracy_interval`) as a bar."""
+    from cnnlab.metrics import accuracy_interval
+
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4))
     for name, points in curves.items():
         sizes = sorted(points)
-        ax.plot(sizes, [100 * points[n] for n in sizes], marker="o", label=name)
+        draws = {n: [points[n]] if isinstance(points[n], (int, float)) else list(points[n]) for n in sizes}
+        means = [100 * sum(draws[n]) / len(draws[n]) for n in sizes]
+        line, = ax.plot(sizes, means, marker="o", label=name)
+        many = [(n, 100 * a) for n in sizes if len(draws[n]) > 1 for a in draws[n]]
+        if many:
+            ax.scatter(*zip(*many), s=12, color=line.get_color(), alpha=0.5, zorder=3)
+        if n_test:
+            bounds = [accuracy_interval(round(m / 100 * n_test), n_test) for m in means]
+            ax.errorbar(sizes, means, yerr=[[m - 100 * lo for m, (lo, _) in zip(means, bounds)],
+                                            [100 * hi - m for m, (_, hi) in zip(means, bounds)]],
+                        fmt="none", ecolor=line.get_color(), capsize=3, lw=1)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(sorted({n for points in curves.values() for n in points}))
     ax.set_xlabel("training images (log scale)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"{scored} accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
     return ax

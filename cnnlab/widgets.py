@@ -660,18 +660,20 @@ def _gallery_png(gallery: Tensor, zoom: int = 2, gap: int = 4) -> bytes:
     return buf.getvalue()
 
 
-def _ink_image(image: Tensor, zoom: int):
-    """One grey image (1, H, W), values 0-1, as a PIL image with dark ink, each pixel ``zoom`` x ``zoom``."""
+def _ink_image(image: Tensor, zoom: int, *, light: bool = False):
+    """One grey image (1, H, W), values 0-1, as a PIL image, each pixel ``zoom`` x ``zoom``: high
+    values dark (ink on paper), or with ``light`` as stored (0 black, 1 white)."""
     from PIL import Image
 
-    pixels = ((1 - image.clamp(0, 1)) * 255).round().to(dtype=torch.uint8).squeeze(0).cpu().numpy()
+    pixels = ((image.clamp(0, 1) if light else 1 - image.clamp(0, 1)) * 255).round().to(dtype=torch.uint8).squeeze(0).cpu().numpy()
     return Image.fromarray(pixels).resize((pixels.shape[1] * zoom, pixels.shape[0] * zoom), Image.NEAREST)
 
 
-def _digit_png(image: Tensor, zoom: int = 3) -> bytes:
-    """One grey image (values 0-1, ink dark) as a small PNG, without matplotlib (fast for a gallery)."""
+def _digit_png(image: Tensor, zoom: int = 3, *, light: bool = False) -> bytes:
+    """One grey image (values 0-1, ink dark; ``light``: as stored) as a small PNG, without
+    matplotlib (fast for a gallery)."""
     buf = io.BytesIO()
-    _ink_image(image, zoom).save(buf, "png")
+    _ink_image(image, zoom, light=light).save(buf, "png")
     return buf.getvalue()
 
 
@@ -758,7 +760,7 @@ def product_explorer(data: ImageSet, guesses: Sequence[Sequence[tuple[str, float
     def update(_change=None) -> None:
         i = slider.value
         truth = data.classes[int(data.y[i])]
-        image.value = _digit_png(images[i], zoom=5)  # dark on white, as the shop photographed it
+        image.value = _digit_png(images[i], zoom=5, light=True)  # as stored and as the network receives it: light on black
         imagenet.value = ("<b>ImageNet backbone, top 5</b> (its own 1,000 classes)"
                           + _bars_html(guesses[i], "#1f77b4"))
         p, c = probs[i].topk(min(3, probs.shape[1]))

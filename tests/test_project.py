@@ -145,18 +145,26 @@ def test_stored_outputs_come_from_one_full_run_on_a_fresh_kernel():
         assert counts == list(range(1, len(cells) + 1)), f"{path.name}: execution counts {counts}"
 
 
-_RUN_LINE = re.compile(r"^([\w-]+): (?:loaded the saved run|saved the run) (\S+\.pt) \(test accuracy ([\d.]+)%\)", re.M)
+_RUN_LINE = re.compile(r"^([\w-]+): (?:loaded the saved run|saved the run) (\S+\.pt) \((test|validation) accuracy "
+                       r"([\d.]+)%\)", re.M)
+_VERSION = re.compile(r"\bversion ([0-9a-f]{10})\b")
 
 
-def stored_run_lines() -> list[tuple[str, str, str, str]]:
-    """``(notebook, run name, file, accuracy)`` for every saved run that a notebook's stored
-    outputs say they saved or loaded."""
+def stored_outputs(path: Path) -> str:
+    """All the text a notebook's stored outputs show."""
+    text = []
+    for cell in json.loads(path.read_text())["cells"]:
+        for out in cell.get("outputs", []):
+            text.append("".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", "")))
+    return "\n".join(text)
+
+
+def stored_run_lines() -> list[tuple[str, str, str, str, str]]:
+    """``(notebook, run name, file, scored on, accuracy)`` for every saved run that a notebook's
+    stored outputs say they saved or loaded ("test" or "validation" accuracy)."""
     found = []
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        for cell in json.loads(path.read_text())["cells"]:
-            for out in cell.get("outputs", []):
-                text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
-                found += [(path.stem[:2], *m.groups()) for m in _RUN_LINE.finditer(text)]
+        found += [(path.stem[:2], *m.groups()) for m in _RUN_LINE.finditer(stored_outputs(path))]
     return found
 
 
@@ -164,24 +172,30 @@ def test_a_saved_run_shows_the_same_accuracy_in_every_notebook():
     """One saved run per model: a notebook that loads the MLP prints the accuracy of the very run
     notebook 02 saved, so two notebooks never disagree about one model."""
     lines = stored_run_lines()
-    assert {name for _, name, _, _ in lines} >= {"linear", "mlp", "small-cnn", "conv-stack-8", "modern-cnn"}
+    assert {name for _, name, _, _, _ in lines} >= {"linear", "mlp", "small-cnn", "conv-stack-8", "modern-cnn"}
     seen: dict[str, set] = {}
-    for notebook, _, file, acc in lines:
-        seen.setdefault(file, set()).add((notebook, acc))
-    disagree = {f: sorted(v) for f, v in seen.items() if len({acc for _, acc in v}) > 1}
-    assert not disagree, f"saved runs shown with different accuracies (notebook, accuracy): {disagree}"
+    for notebook, _, file, scored, acc in lines:
+        seen.setdefault(file, set()).add((notebook, scored, acc))
+    disagree = {f: sorted(v) for f, v in seen.items() if len({(s, acc) for _, s, acc in v}) > 1}
+    assert not disagree, f"saved runs shown with different accuracies (notebook, scored on, accuracy): {disagree}"
 
 
-def test_the_stored_outputs_name_the_runs_the_series_settings_produce(monkeypatch):
-    """Every saved run in the stored outputs is the run that today's series settings name (model,
-    full MNIST, SERIES_SETTINGS, a seed the series uses): a settings change that would make a
-    re-run train a different model cannot leave outputs of the old one behind."""
+def stale_runs(lines, versions: dict[str, set[str]]) -> list[str]:
+    """What is wrong with the saved runs that stored outputs name (``lines`` as
+    :func:`stored_run_lines` gives them; ``versions``: each notebook's printed dataset versions).
+
+    An MNIST run must be the run today's series settings name (model, full MNIST,
+    SERIES_SETTINGS, a seed the series uses), scored on the test set. A run of notebook 09
+    (named with cnnlab.transfer.RUN_PREFIX) is named by its kind and the content hash of its
+    training data: that hash must be a dataset version the notebook prints, its file must carry
+    the name, it must be scored on the validation split (09 chooses on it and scores the test set
+    once, itself), and one name must mean one file (settings changed since the outputs were
+    stored leave a second file behind)."""
     from dataclasses import asdict
 
     from cnnlab.runs import ENSEMBLE_SEEDS, SERIES_MODELS, run_path, series_model, series_settings
     from cnnlab.train import make_config
-
-    monkeypatch.delenv("CNNLAB_SMOKE", raising=False)
+    from cnnlab.transfer import RUN_PREFIX
 
     class FullMnist:  # what run_path reads of the training set: its name and size
         name = "mnist"
@@ -189,14 +203,69 @@ def test_the_stored_outputs_name_the_runs_the_series_settings_produce(monkeypatc
         def __len__(self):
             return 60_000
 
-    stale = []
-    for notebook, name, file, _ in stored_run_lines():
+    SPREAD_SEEDS = range(5)  # notebook 07 trains the small CNN once per seed 0-4 (its SPREAD_SEEDS)
+    stale, files_of = [], {}
+    for notebook, name, file, scored, _ in lines:
+        if name.startswith(RUN_PREFIX):
+            m = re.fullmatch(re.escape(RUN_PREFIX) + r"([a-z0-9]+(?:-[a-z0-9]+)*)-([0-9a-f]{10})", name)
+            if not m:
+                stale.append(f"{notebook}: {name} is not named {RUN_PREFIX}<kind>-<content hash> (cnnlab.transfer.run_name)")
+                continue
+            if m[2] not in versions.get(notebook, set()):
+                stale.append(f"{notebook}: {name} was trained on data version {m[2]}, which the notebook never prints")
+            if not re.fullmatch(re.escape(name) + r"-[0-9a-f]{10}\.pt", file):
+                stale.append(f"{notebook}: {file} is not a file of the run {name}")
+            if scored != "validation":
+                stale.append(f"{notebook}: {name} was scored on the {scored} set while it trained; choose on the validation split")
+            files_of.setdefault((notebook, name), set()).add(file)
+            continue
         if name not in SERIES_MODELS:
-            stale.append(f"{notebook}: {name} is not one of the series' models (cnnlab.runs.SERIES_MODELS)")
+            stale.append(f"{notebook}: {name} is not one of the series' models (cnnlab.runs.SERIES_MODELS) "
+                         f"nor a run of notebook 09 (cnnlab.transfer.RUN_PREFIX)")
             continue
         expected = [run_path(name, series_model(name), FullMnist(),
                              asdict(make_config(**series_settings(name) | {"seed": seed}))).name
-                    for seed in (0, *ENSEMBLE_SEEDS)]
+                    for seed in (0, *ENSEMBLE_SEEDS, *SPREAD_SEEDS)]
         if file not in expected:
             stale.append(f"{notebook}: {file} (today's settings name the seed-0 run {expected[0]})")
+        elif scored != "test":
+            stale.append(f"{notebook}: {name} is a series run, scored on the test set, but shown with a {scored} accuracy")
+    stale += [f"{notebook}: {name} is shown as {len(files)} different files: {sorted(files)}"
+              for (notebook, name), files in files_of.items() if len(files) > 1]
+    return stale
+
+
+def test_the_stored_outputs_name_the_runs_the_series_settings_produce(monkeypatch):
+    """Every saved run in the stored outputs is the run today's settings name: a settings change
+    that would make a re-run train a different model cannot leave outputs of the old one behind."""
+    monkeypatch.delenv("CNNLAB_SMOKE", raising=False)
+    versions = {path.stem[:2]: set(_VERSION.findall(stored_outputs(path)))
+                for path in sorted((ROOT / "notebooks").glob("*.ipynb"))}
+    lines = stored_run_lines()
+    assert any(name.startswith("fashion-") for _, name, _, _, _ in lines), "notebook 09's saved runs are not printed"
+    stale = stale_runs(lines, versions)
     assert not stale, "stored outputs from runs the series no longer trains; re-run these notebooks:\n" + "\n".join(stale)
+
+
+def test_the_run_check_fails_stale_runs_of_either_kind(monkeypatch):
+    """The check above can fail: an MNIST run with other settings, a name nobody trains, and
+    Fashion-MNIST runs on data the notebook does not print, scored on the test set, or shown as two files."""
+    monkeypatch.delenv("CNNLAB_SMOKE", raising=False)
+    good = [line for line in stored_run_lines() if line[1] == "mlp"][:1]
+    assert good and not stale_runs(good, {})
+    fashion = ("09", "fashion-probe-0123456789", "fashion-probe-0123456789-abcdefabcd.pt", "validation", "84.10")
+    assert not stale_runs([fashion], {"09": {"0123456789"}})
+    cases = {
+        "mlp-0000000000.pt": ("02", "mlp", "mlp-0000000000.pt", "test", "97.00"),
+        "not one of the series": ("02", "mlp-huge", "mlp-huge-0000000000.pt", "test", "97.00"),
+        "never prints": fashion,
+        "scored on the test set": fashion[:3] + ("test",) + fashion[4:],
+        "not a file of the run": fashion[:2] + ("fashion-probe-9999999999-abcdefabcd.pt",) + fashion[3:],
+        "not named": ("09", "fashion-Probe", "fashion-Probe-abcdefabcd.pt", "validation", "84.10"),
+    }
+    for what, line in cases.items():
+        versions = {} if what == "never prints" else {"09": {"0123456789"}}
+        problems = stale_runs([line], versions)
+        assert problems and what in problems[0], (what, problems)
+    twice = [fashion, fashion[:2] + ("fashion-probe-0123456789-0000000000.pt",) + fashion[3:]]
+    assert any("2 different files" in p for p in stale_runs(twice, {"09": {"0123456789"}}))

@@ -1,12 +1,14 @@
 """Transfer learning: real pretrained weights (offline), freezing, cached features, discriminative
 learning rates, dataset versions and label noise."""
 
+import io
+
 import pytest
 import torch
 from torch import nn
 
 from cnnlab import data, transfer
-from cnnlab.train import fit
+from cnnlab.train import fit, seed_everything
 
 
 def _photo(name: str) -> torch.Tensor:
@@ -158,6 +160,7 @@ def test_features_are_cached_by_content_and_recomputed_when_the_file_is_bad(lite
     part = train.subset(range(40))
     first = transfer.cached_features(lite0, part, size=64, progress=False)
     assert first.x.shape == (40, 1280) and first.x.device.type == "cpu" and torch.equal(first.y, part.y)
+    assert (first.name, first.split) == (part.name, part.split)  # validation photos' features are validation data
     files = list((tmp_path / "features").glob("*.pt"))
     assert len(files) == 1
     calls = []
@@ -225,12 +228,104 @@ def test_out_of_fold_losses_find_most_of_the_flipped_labels():
     worst = losses.topk(120).indices
     precision = (noisy[worst] != y[worst]).float().mean().item()
     assert losses.shape == (600,) and precision > 0.9  # the 120 highest losses are nearly all flips
+    trained = []
+
+    def train(k, rest, seed):  # each fold's model trained elsewhere (a saved run, in notebook 09)
+        trained.append((k, len(rest), seed))
+        seed_everything(seed)
+        model = transfer.linear_head(8, 4)
+        fit(model, rest, epochs=20, lr=1e-2, progress=False, amp="off", seed=seed)
+        return model
+
+    again = transfer.out_of_fold_losses(None, clean, train=train)
+    assert trained == [(0, 300, 0), (1, 300, 1)] and torch.allclose(again, losses, atol=1e-4)
 
 
 def test_the_big_cnn_from_scratch_has_the_sources_size_and_reads_grey_images():
     model = transfer.resnet_from_scratch(50)
     assert sum(p.numel() for p in model.parameters()) == 23_522_250  # the source's "25M", less the 1000-class head
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("stem, first_stage, last_stage", [("imagenet", 7, 1), ("small", 14, 2), ("cifar", 28, 4)])
+def test_a_small_input_stem_keeps_more_of_a_28_pixel_image(stem, first_stage, last_stage):
+    model = transfer.resnet_from_scratch(18, stem=stem).eval()
+    sizes = {}
+    hooks = [getattr(model, layer).register_forward_hook(lambda m, i, o, layer=layer: sizes.__setitem__(layer, o.shape[-1]))
+             for layer in ("layer1", "layer4")]
+    try:
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert sizes == {"layer1": first_stage, "layer4": last_stage}
+    assert model.hparams["stem"] == stem and (stem in model.name) == (stem != "imagenet")
+    # the same network but its first convolution: 7x7 (3,136 weights) or 3x3 (576)
+    assert sum(p.numel() for p in model.parameters()) == 11_175_370 - (3_136 - 576) * (stem != "imagenet")
+    with pytest.raises(ValueError, match="stem must be one of imagenet, small, cifar"):
+        transfer.resnet_from_scratch(18, stem="tiny")
+
+
+def test_the_wearable_imagenet_classes_are_real_class_names_of_one_kind_each():
+    categories = set(transfer.imagenet_categories())
+    names = [n for kind in transfer.WEARABLE_CLASSES.values() for n in kind]
+    assert set(names) <= categories, sorted(set(names) - categories)  # a typo would never match a guess
+    assert len(names) == len(set(names))  # each class is one kind
+    assert {"jersey", "sweatshirt", "cardigan", "trench coat"} <= set(transfer.WEARABLE_CLASSES["garment"])
+    kinds = {c: transfer.wearable_kind(c) for c in ("jersey", "running shoe", "cowboy boot", "Loafer", "purse", "mailbag")}
+    assert kinds == {"jersey": "garment", "running shoe": "shoe", "cowboy boot": "shoe", "Loafer": "shoe",
+                     "purse": "bag", "mailbag": "bag"}
+    # a place, a corgi, a tool and a lock are not something a clothes shop sells
+    assert [transfer.wearable_kind(c) for c in ("shoe shop", "Cardigan", "hatchet", "combination lock")] == [None] * 4
+    assert set(transfer.FASHION_KINDS) == set(data.DATASETS["fashion-mnist"].classes)
+    assert set(transfer.FASHION_KINDS.values()) == set(transfer.WEARABLE_CLASSES)
+
+
+def test_pooled_features_from_the_last_stages_equal_the_whole_pass_and_its_imagenet_guess(lite0, mnist_small):
+    _, test = mnist_small
+    part = test.subset(range(12))
+    whole = transfer.cached_features(lite0, part, size=64, cache=False, progress=False)
+    stage = transfer.cached_features(lite0, part, train_stages=2, size=64, cache=False, progress=False)
+    pooled = transfer.pooled_features(lite0, stage, 2)
+    assert pooled.x.shape == whole.x.shape == (12, 1280) and torch.equal(pooled.y, part.y)
+    assert torch.allclose(pooled.x, whole.x, atol=1e-5)
+    first = [guesses[0][0] for guesses in transfer.top5(lite0, part.denormalize(part.x), size=64)]
+    assert transfer.imagenet_top1(lite0, pooled) == first == transfer.imagenet_top1(lite0, whole.x)
+
+
+def test_inverted_photos_swap_light_and_dark_and_are_a_new_version(mnist_small):
+    train, _ = mnist_small
+    part = train.subset(range(20))
+    flipped = transfer.inverted(part)
+    assert torch.allclose(flipped.denormalize(flipped.x), 1 - part.denormalize(part.x), atol=1e-6)
+    assert torch.equal(flipped.y, part.y) and (flipped.mean, flipped.std) == (part.mean, part.std)
+    assert transfer.content_hash(flipped) != transfer.content_hash(part)
+    assert torch.allclose(transfer.inverted(flipped).x, part.x, atol=1e-5)
+
+
+def test_augmented_copies_follow_the_photos_with_moved_versions_of_them(mnist_small):
+    train, _ = mnist_small
+    part = train.subset(range(6))
+    out = transfer.augmented_copies(part, 3, seed=0)
+    assert out.x.shape == (24, 1, 28, 28) and torch.equal(out.y, part.y.repeat(4))
+    assert torch.equal(out.x[:6], part.x)  # the photos themselves come first
+    copies = out.x[6:].view(3, 6, 1, 28, 28)
+    assert all(not torch.equal(copies[k], part.x) for k in range(3)) and not torch.equal(copies[0], copies[1])
+    assert torch.equal(transfer.augmented_copies(part, 3, seed=0).x, out.x)
+    assert len(transfer.augmented_copies(part, 0)) == 6
+    with pytest.raises(ValueError, match="copies must be 0 or more"):
+        transfer.augmented_copies(part, -1)
+
+
+def test_a_run_name_carries_the_prefix_the_kind_and_the_datas_version(mnist_small):
+    train, _ = mnist_small
+    name = transfer.run_name("small-cnn", train)
+    assert name == f"{transfer.RUN_PREFIX}small-cnn-{transfer.content_hash(train)}"
+    y = train.y.clone()
+    y[0] = (y[0] + 1) % 10
+    assert transfer.run_name("small-cnn", data.ImageSet(train.x, y, train.classes)) != name  # one label: another run
+    with pytest.raises(ValueError, match="lower-case words"):
+        transfer.run_name("Small CNN", train)
 
 
 def test_split_shares_the_backbone_and_fine_tuning_trains_a_copy(lite0):
@@ -254,6 +349,12 @@ def test_product_explorer_draws_each_photo_and_refuses_what_does_not_fit(mnist_s
     first_image, first_answer = box.image.value, box.finetuned.value
     assert "Fine-tuned on 4 digits, top 3" in first_answer and f"true: {shown.classes[int(shown.y[0])]}" in first_answer
     assert "tabby" in box.imagenet.value and "60%" in box.imagenet.value
+    # drawn as the network receives it: the digit's dark background stays dark, its bright strokes bright
+    from PIL import Image
+    drawn = torch.tensor(list(Image.open(io.BytesIO(first_image)).convert("L").getdata()), dtype=torch.float32)
+    pixels = shown.denormalize(shown.x[0]).clamp(0, 1)
+    zoomed = pixels.squeeze(0).repeat_interleave(5, 0).repeat_interleave(5, 1).flatten() * 255
+    assert (drawn - zoomed).abs().max() <= 1
     box.slider.value = 1
     assert box.image.value != first_image and box.finetuned.value != first_answer
     with pytest.raises(ValueError, match="one row of probabilities per image"):

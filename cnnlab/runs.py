@@ -24,7 +24,7 @@ from cnnlab.models import create_model
 from cnnlab.train import History, evaluate, fit, make_config, seed_everything
 
 __all__ = [
-    "SERIES_SETTINGS", "AUGMENT", "LADDER", "ENSEMBLE_SEEDS", "SERIES_MODELS",
+    "SERIES_SETTINGS", "AUGMENT", "LADDER", "ENSEMBLE_SEEDS", "SPREAD_SEEDS", "SERIES_MODELS",
     "CPU_EPOCH_SECONDS", "planned_training", "format_plan", "series_settings", "series_model", "load_series_run",
     "run_path", "save_run", "load_or_train", "scored_on",
 ]
@@ -86,6 +86,9 @@ LADDER: tuple[tuple[str, str], ...] = (
 
 #: The seeds of the modern CNNs that notebooks 06 and 07 train: each alone, then as one committee.
 ENSEMBLE_SEEDS: tuple[int, ...] = (0, 1, 2)
+
+#: Notebook 07's seeds of the small CNN, trained once each to measure the seed-to-seed spread.
+SPREAD_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 
 #: Seconds one training epoch of the 60,000 MNIST images takes on the project's 2-core CPU (AMD EPYC,

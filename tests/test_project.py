@@ -193,7 +193,7 @@ def stale_runs(lines, versions: dict[str, set[str]]) -> list[str]:
     stored leave a second file behind)."""
     from dataclasses import asdict
 
-    from cnnlab.runs import ENSEMBLE_SEEDS, SERIES_MODELS, run_path, series_model, series_settings
+    from cnnlab.runs import ENSEMBLE_SEEDS, SERIES_MODELS, SPREAD_SEEDS, run_path, series_model, series_settings
     from cnnlab.train import make_config
     from cnnlab.transfer import RUN_PREFIX
 
@@ -203,7 +203,6 @@ def stale_runs(lines, versions: dict[str, set[str]]) -> list[str]:
         def __len__(self):
             return 60_000
 
-    SPREAD_SEEDS = range(5)  # notebook 07 trains the small CNN once per seed 0-4 (its SPREAD_SEEDS)
     stale, files_of = [], {}
     for notebook, name, file, scored, _ in lines:
         if name.startswith(RUN_PREFIX):

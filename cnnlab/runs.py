@@ -14,19 +14,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from cnnlab import cache_dir, smoke_mode
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.data import ImageSet
 from cnnlab.device import pick_device
 from cnnlab.models import create_model
-from cnnlab.train import History, evaluate, fit, make_config, seed_everything
+from cnnlab.train import History, fit, make_config, predict, seed_everything
 
 __all__ = [
     "SERIES_SETTINGS", "AUGMENT", "LADDER", "ENSEMBLE_SEEDS", "SPREAD_SEEDS", "SERIES_MODELS",
     "CPU_EPOCH_SECONDS", "planned_training", "format_plan", "series_settings", "series_model", "load_series_run",
-    "run_path", "save_run", "load_or_train", "scored_on",
+    "PROBE_SIZE", "run_path", "save_run", "load_or_train", "scored_on",
 ]
 
 #: Notebook 06's augmentation: each training digit moved up to 2 px per axis, turned up to 10
@@ -171,15 +172,67 @@ def scored_on(eval_set: ImageSet | None) -> str:
     return "validation" if eval_set is not None and eval_set.split == "validation" else "test"
 
 
-def save_run(name: str, model: nn.Module, history: History, train_set: ImageSet, *, scored: str = "test") -> Path:
+#: How many test images (evenly spaced through the set) a saved run is checked on when it is loaded.
+PROBE_SIZE = 1000
+
+
+def _probe(eval_set: ImageSet) -> ImageSet:
+    """At most PROBE_SIZE images spread evenly through ``eval_set`` (MNIST's test set is not
+    shuffled: its first half was written by other people than its second)."""
+    return eval_set.subset(range(0, len(eval_set), max(1, len(eval_set) // PROBE_SIZE))[:PROBE_SIZE])
+
+
+def _fingerprint(probe: ImageSet) -> str:
+    return hashlib.sha256(probe.x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _answers(model: nn.Module, probe: ImageSet) -> Tensor:
+    """The classes ``model`` gives the probe's images, on the CPU."""
+    return predict(model, probe).argmax(1)
+
+
+def save_run(
+    name: str,
+    model: nn.Module,
+    history: History,
+    train_set: ImageSet,
+    *,
+    scored: str = "test",
+    eval_set: ImageSet | None = None,
+) -> Path:
     """Save a trained model with its history and the accuracy ``fit`` measured last (on the test
     set, or the validation set: ``scored``) for later notebooks, and say under which name (the
-    later notebooks print the same name when they load it)."""
+    later notebooks print the same name when they load it). With ``eval_set`` (the set that
+    accuracy was measured on) the run also keeps its answers to a probe of it, so that loading it
+    later checks the weights on PROBE_SIZE images instead of scoring the whole set again."""
     path = run_path(name, model, train_set, history.config)
     test_acc = history.last("test_acc")
-    save_checkpoint(path, model, history=history, metrics={"test_acc": test_acc})
+    metrics: dict = {"test_acc": test_acc}
+    if eval_set is not None:
+        probe = _probe(eval_set)
+        metrics["probe"] = {"images": _fingerprint(probe), "answers": _answers(model, probe).tolist()}
+    save_checkpoint(path, model, history=history, metrics=metrics)
     print(f"{name}: saved the run {path.name} ({scored} accuracy {test_acc:.2%})")
     return path
+
+
+def _still_the_saved_run(model: nn.Module, metrics: dict, eval_set: ImageSet) -> tuple[bool, str]:
+    """Whether a loaded model is the run that was saved, checked on a probe of ``eval_set``, and if
+    not, why. Where the run kept its answers to these very images, at least 98% of them must be
+    the same (a GPU and a CPU may differ on a close call); otherwise (another test set, or a run
+    saved before runs kept their answers) the probe's accuracy must agree with the recorded one."""
+    recorded = metrics.get("test_acc", float("nan"))
+    probe = _probe(eval_set)
+    answers = _answers(model, probe)
+    now = float((answers == probe.y.cpu()).float().mean())
+    kind = scored_on(eval_set)
+    images = (f"{len(probe):,} of these {len(eval_set):,} {kind} images" if len(probe) < len(eval_set)
+              else f"these {len(eval_set):,} {kind} images")
+    kept = metrics.get("probe") or {}
+    if kept.get("images") == _fingerprint(probe) and len(kept.get("answers", ())) == len(probe):
+        same = float((answers == torch.as_tensor(kept["answers"])).float().mean())
+        return same >= 0.98, f"recorded {recorded:.2%} but scores {now:.2%} on {images}: {1 - same:.1%} of its answers changed"
+    return _agrees(recorded, now, len(probe)), f"recorded {recorded:.2%} but scores {now:.2%} on {images}"
 
 
 def _agrees(recorded: float, now: float, n: int) -> bool:
@@ -211,13 +264,12 @@ def load_or_train(
     if path.exists():
         try:
             ckpt = load_checkpoint(path, model=model)
-            recorded = ckpt.metrics.get("test_acc", float("nan"))
-            now = evaluate(ckpt.model.to(device), test_set).accuracy
-            if _agrees(recorded, now, len(test_set)):
+            ok, why = _still_the_saved_run(ckpt.model.to(device), ckpt.metrics, test_set)
+            if ok:
+                recorded = ckpt.metrics.get("test_acc", float("nan"))
                 print(f"{name}: loaded the saved run {path.name} ({scored_on(test_set)} accuracy {recorded:.2%})")
                 return ckpt.model, ckpt.history
-            print(f"{name}: the saved run {path.name} recorded {recorded:.2%} but scores {now:.2%} on these "
-                  f"{len(test_set):,} {scored_on(test_set)} images; training again")
+            print(f"{name}: the saved run {path.name} {why}; training again")
         except CheckpointError as err:
             print(f"{name}: the saved run could not be used ({err}); training again")
     else:
@@ -227,5 +279,5 @@ def load_or_train(
         model = make_model()
     history = fit(model, train_set, test_set, **settings)
     if history.stopped is None:
-        save_run(name, model, history, train_set, scored=scored_on(test_set))
+        save_run(name, model, history, train_set, scored=scored_on(test_set), eval_set=test_set)
     return model, history

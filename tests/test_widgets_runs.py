@@ -218,6 +218,48 @@ def test_a_saved_run_that_no_longer_scores_what_it_recorded_is_retrained(isolate
     assert float(again.fc.weight.detach().abs().sum()) > 0
 
 
+def test_loading_a_saved_run_checks_its_answers_on_a_probe_not_the_whole_test_set(isolated_cache, mnist_small,
+                                                                                   monkeypatch, capsys):
+    from cnnlab.checkpoint import load_checkpoint
+
+    train, test = mnist_small
+    monkeypatch.setattr(runs, "PROBE_SIZE", 100)
+    model, _ = runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False, device="cpu")
+    kept = load_checkpoint(next((isolated_cache / "cache" / "runs").glob("lin-*.pt"))).metrics["probe"]
+    probe = test.subset(range(0, 1000, 10))  # every 10th image: spread over the whole set
+    with torch.no_grad():
+        assert kept["answers"] == model(probe.x).argmax(1).tolist()
+    seen = []
+    original = LinearClassifier.forward
+    monkeypatch.setattr(LinearClassifier, "forward", lambda self, x: seen.append(len(x)) or original(self, x))
+    capsys.readouterr()
+    runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False, device="cpu")
+    assert "loaded the saved run" in capsys.readouterr().out and sum(seen) == 100
+
+
+def test_a_saved_run_is_known_by_its_answers_and_older_runs_by_their_accuracy(isolated_cache, mnist_small, capsys):
+    from cnnlab.checkpoint import load_checkpoint, save_checkpoint
+
+    train, test = mnist_small
+    runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False, device="cpu")
+    path = next((isolated_cache / "cache" / "runs").glob("lin-*.pt"))
+    ckpt = load_checkpoint(path)
+    wrong_record = {**ckpt.metrics, "test_acc": 0.25}  # the answers still match: the weights are the saved ones
+    save_checkpoint(path, ckpt.model, history=ckpt.history, metrics=wrong_record)
+    capsys.readouterr()
+    runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False, device="cpu")
+    assert "loaded the saved run" in capsys.readouterr().out
+    older = {"test_acc": 0.25}  # a run saved before runs kept answers is checked by its accuracy, which is wrong here
+    save_checkpoint(path, ckpt.model, history=ckpt.history, metrics=older)
+    runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False, device="cpu")
+    out = capsys.readouterr().out
+    assert "recorded 25.00% but scores" in out and "training again" in out
+    other_test = test.subset(range(1, 1000, 2))  # not the images the answers were kept for: the accuracy decides
+    save_checkpoint(path, ckpt.model, history=ckpt.history, metrics=ckpt.metrics)
+    runs.load_or_train("lin", LinearClassifier, train, other_test, epochs=1, progress=False, device="cpu")
+    assert "loaded the saved run" in capsys.readouterr().out
+
+
 def test_receptive_field_explorer_with_a_dense_model_says_so(mnist_small):
     from cnnlab.models import MLP, SmallCNN
     from cnnlab.widgets import receptive_field_explorer

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 #: The model registry's names (``cnnlab.models.MODELS``; a test keeps the two in step), here so
@@ -71,8 +72,9 @@ def _check_limits(args) -> None:
 def _train(args) -> int:
     from cnnlab import data
     from cnnlab.checkpoint import save_checkpoint
-    from cnnlab.files import check_writable
+    from cnnlab.files import SaveError, check_writable
     from cnnlab.models import count_parameters, create_model
+    from cnnlab.device import pick_device
     from cnnlab.train import Callback, evaluate, fit, make_config, seed_everything
 
     # With --json, human-readable lines go to stderr so stdout's last line is the JSON object.
@@ -83,6 +85,9 @@ def _train(args) -> int:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     make_config(**settings)  # bad settings are refused before any data is read
+    if args.cuda_graph and pick_device(args.device).type != "cuda":
+        raise ValueError(f"--cuda-graph replays each training step as a CUDA graph, which needs a CUDA device; "
+                         f"this run would train on {pick_device(args.device)}: leave it off")
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
     _check_limits(args)
@@ -118,8 +123,18 @@ def _train(args) -> int:
     )
     if args.save:
         path = Path(args.save) if finished else interrupted_path(args.save)
-        path = save_checkpoint(path, model, history=history,
-                               metrics={"test_acc": test_acc, "dataset": args.dataset, "complete": finished})
+        metrics = {"test_acc": test_acc, "dataset": args.dataset, "complete": finished}
+        try:
+            path = save_checkpoint(path, model, history=history, metrics=metrics)
+        except SaveError as err:  # a full or read-only disk found only now: the model is not to be lost
+            rescue = Path(tempfile.gettempdir()) / f"cnnlab-{os.getpid()}-{path.name}"
+            try:
+                save_checkpoint(rescue, model, history=history, metrics=metrics)
+                kept = f"the model trained now was saved as {rescue} instead: move it where it belongs"
+            except SaveError as again:
+                kept = f"the model trained now could not be kept anywhere ({again}): free space and train again"
+            print(f"error: {err}. {kept}", file=sys.stderr)
+            return 1
         if finished:
             print(f"saved {path}", file=out)
         else:  # never over a complete checkpoint
@@ -199,8 +214,13 @@ def _report(args) -> int:
     print(f"saved runs from {len(train_set):,} training images{' (smoke setting: 1 epoch each)' if smoke_mode() else ''}, "
           f"scored on {len(test_set):,} test images; "
           f"{format_plan(planned_training(report_runs(seeds), train_set, device=args.device))}", file=out, flush=True)
-    with contextlib.redirect_stdout(out):  # load_or_train's lines are progress, not the report
-        report = series_report(train_set, test_set, device=args.device, seeds=seeds)
+    try:
+        with contextlib.redirect_stdout(out):  # load_or_train's lines are progress, not the report
+            report = series_report(train_set, test_set, device=args.device, seeds=seeds)
+    except KeyboardInterrupt as err:  # never a table with a row from a model that did not finish
+        print(f"interrupted: {err or 'Ctrl-C'}\nThe report did not finish, so no table is printed. The runs that "
+              "finished are saved: run the report again to go on from there.", file=sys.stderr)
+        return 130
     print(report, file=out)
     if args.json:
         _print_json({"test_images": len(test_set), "train_images": len(train_set), "smoke": smoke_mode(),
@@ -322,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # SaveError and the like: a full or read-only disk, a folder in the way
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except NonFiniteLoss as err:  # not a bad argument: the run itself went wrong
         print(f"error: {err}", file=sys.stderr)
         return 1

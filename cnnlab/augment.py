@@ -20,9 +20,41 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["affine", "random_affine", "augment_examples", "AffineParams"]
+__all__ = ["affine", "random_affine", "augment_examples", "AffineParams", "AUGMENT_RANGES", "augment_problem"]
 
 AffineParams = dict[str, Tensor]  # "dx", "dy", "angle", "scale": one value per image, (B,)
+
+#: What training's ``augment`` settings may be: the largest shift (pixels per axis; more than 8
+#: moves a 28-pixel digit mostly out of its image) and turn (degrees either way), and the bounds
+#: of the scale range (beyond them a digit is a dot or fills the frame).
+AUGMENT_RANGES: dict[str, tuple[float, float]] = {"shift": (0, 8), "rotate": (0, 180), "scale": (0.5, 2.0)}
+
+
+def augment_problem(settings) -> str | None:
+    """What is wrong with a training ``augment`` dict (e.g. ``{"shift": 2, "rotate": 10,
+    "scale": (0.9, 1.1)}``), in words, or None if nothing is."""
+    if not isinstance(settings, dict):
+        return f"augment takes shift, rotate and scale in a dict, e.g. {{'shift': 2}}, got {type(settings).__name__}"
+    unknown = sorted(map(str, set(settings) - set(AUGMENT_RANGES)))
+    if unknown:
+        return f"augment takes shift, rotate and scale, not {', '.join(unknown)}"
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for name in ("shift", "rotate"):
+        low, high = AUGMENT_RANGES[name]
+        if name in settings and not (number(settings[name]) and low <= settings[name] <= high):
+            unit = "pixels" if name == "shift" else "degrees"
+            return f"augment's {name} must be a number of {unit} from {low} to {high}, got {settings[name]!r}"
+    if "scale" in settings:
+        low, high = AUGMENT_RANGES["scale"]
+        v = settings["scale"]
+        pair = isinstance(v, (tuple, list)) and len(v) == 2 and all(number(b) for b in v)
+        if not (pair and low <= v[0] <= v[1] <= high):
+            return (f"augment's scale must be a range (low, high) with {low} <= low <= high <= {high}, "
+                    f"e.g. (0.9, 1.1), got {v!r}")
+    return None
 
 
 def affine(x: Tensor, dx: Tensor, dy: Tensor, angle: Tensor, scale: Tensor, fill: float = 0.0) -> Tensor:

@@ -47,8 +47,7 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Save ``model`` (its registry name, hparams and weights) with ``history`` and ``metrics``, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)  # atomic_write makes its folder, or says why it cannot (SaveError)
     payload = {
         "format": FORMAT,
         "model": {
@@ -66,6 +65,20 @@ def save_checkpoint(
     return path
 
 
+_ADVICE = ("weights_only", "Re-running", "file an issue", "Check the documentation", "arbitrary code", "trusted source",
+           "In PyTorch 2.6")
+
+
+def _torch_words(err: BaseException) -> str:
+    """What torch said went wrong, without its advice on loading the file unchecked."""
+    lines = [ln.strip().removeprefix("Please file an issue with the following so that we can make").strip()
+             for ln in str(err).splitlines()]
+    kept = [ln.removeprefix("WeightsUnpickler error:").strip() for ln in lines
+            if ln and not any(a in ln for a in _ADVICE)]
+    words = " ".join(k for k in kept if k)
+    return words.split(". ")[0].rstrip(".")[:300] or "no details"  # its first sentence says what happened
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     *,
@@ -79,16 +92,18 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        blocked = re.search(r"unsupported global:?\s*GLOBAL\s+([\w.]+)", str(err), flags=re.I)
-        if blocked:  # torch's weights_only loader refused to import something: the file would run code
+        # torch's weights_only loader names what it refused to import in more than one wording
+        # ("Unsupported global: GLOBAL os.system", "unsupported GLOBAL posix.system whose module
+        # posix is blocked"): the file would run code. Its advice to turn the check off is never passed on.
+        blocked = re.search(r"\bGLOBAL\s+([\w.]+)", str(err))
+        if blocked:
             raise CheckpointError(
                 f"{path} was refused: loading it would import and run {blocked.group(1)}, and cnnlab "
                 "checkpoints hold only tensors and plain values. Do not load files you do not trust; "
                 "delete it and train again."
             ) from None
-        first = (str(err).strip().splitlines() or [""])[0][:300]
         raise CheckpointError(
-            f"{path} could not be read as a checkpoint ({type(err).__name__}: {first}). "
+            f"{path} could not be read as a checkpoint ({type(err).__name__}: {_torch_words(err)}). "
             "It is truncated, corrupt, or not a cnnlab checkpoint. Delete it and train again."
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -14,7 +14,7 @@ that requires, following PyTorch's "whole network capture" recipe:
   algorithm search), and autocast without its weight cache inside the capture.
 
 Everything else in ``fit`` (shuffling, the last, smaller batch, evaluation, callbacks) stays eager.
-``fit(..., cuda_graph=True)`` turns it on; it is ignored off CUDA.
+``fit(..., cuda_graph=True)`` turns it on; off CUDA it is refused (it would change nothing).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import numbers
 import os
 import tempfile
 import zlib
@@ -22,7 +23,8 @@ from torch import Tensor
 from torchvision import datasets as tv_datasets
 
 from cnnlab import cache_dir, repo_root
-from cnnlab.files import atomic_write
+from cnnlab.device import pick_device
+from cnnlab.files import atomic_write, why_not_written
 
 __all__ = [
     "DATASETS",
@@ -129,7 +131,24 @@ def search_dirs(name: str, root: str | os.PathLike | None = None) -> list[Path]:
         roots.append(Path(os.environ["CNNLAB_DATA"]).expanduser())
     roots += [repo_root() / "data", cache_dir()]
     dirs = [r / spec.folder / "raw" for r in roots] + [Path(d) for d in spec.system_dirs]
-    return list(dict.fromkeys(p.resolve() if p.exists() else p for p in dirs))
+    return list(dict.fromkeys(_resolved(p) for p in dirs))
+
+
+def _exists(p: Path, kind: str = "any") -> bool:
+    """``p.exists()`` (or ``is_file()``), False where ``p`` cannot be looked at (no permission)."""
+    try:
+        return p.is_file() if kind == "file" else p.exists()
+    except OSError:
+        return False
+
+
+def _resolved(p: Path) -> Path:
+    """``p`` resolved if it exists; as it is if not, or if it cannot be looked at (a folder of
+    another user's, say: searching it is then skipped, not an error)."""
+    try:
+        return p.resolve() if p.exists() else p
+    except OSError:
+        return p
 
 
 def _md5(data: bytes) -> str:
@@ -210,11 +229,13 @@ def locate(
                     missing, corrupt = _fill_cache(spec, target_dir, [Path(tmp) / spec.folder / "raw"])
         else:
             download_error = None if download else "downloads are off (download=False or CNNLAB_OFFLINE=1)"
-    except PermissionError as err:
+    except OSError as err:  # no permission, a read-only or full disk, a file where a folder should be
+        where = err.filename if isinstance(err, PermissionError) and err.filename else target_dir
         raise DataError(
-            f"{spec.name}: permission denied for {err.filename or target_dir}. cnnlab reads the raw files where "
-            f"it finds them and writes the extracted ones into {target_dir}; point CNNLAB_CACHE at a folder you "
-            "can write (for example: export CNNLAB_CACHE=~/.cache/cnnlab), or fix the folder's permissions."
+            f"{spec.name}: cannot write the extracted files into {where}: {why_not_written(err)}. cnnlab reads "
+            f"the raw files where it finds them and writes the extracted ones into {target_dir}; point "
+            "CNNLAB_CACHE at a folder you can write, on a disk with room (for example: "
+            "export CNNLAB_CACHE=~/.cache/cnnlab), or fix that folder."
         ) from None
     if corrupt and missing:
         raise CorruptDatasetError(
@@ -232,8 +253,8 @@ def found_in(name: str, root: str | os.PathLike | None = None) -> Path | None:
     spec = _spec(name)
     cache = (cache_dir() / spec.folder / "raw").resolve()
     for d in search_dirs(name, root):
-        if d.exists() and d.resolve() != cache and all(
-            (d / f"{raw}.gz").is_file() or (d / raw).is_file() for raw in RAW_FILES
+        if _exists(d) and d.resolve() != cache and all(
+            _exists(d / f"{raw}.gz", "file") or _exists(d / raw, "file") for raw in RAW_FILES
         ):
             return d
     return None
@@ -253,7 +274,7 @@ def _fill_cache(spec: DatasetSpec, target_dir: Path, dirs: Sequence[Path]) -> tu
         for d in dirs:
             found = False
             for candidate in (d / f"{raw_name}.gz", d / raw_name):
-                if candidate.resolve() == target.resolve() or not candidate.is_file():
+                if not _exists(candidate, "file") or candidate.resolve() == target.resolve():
                     continue
                 try:
                     content = _verified_content(candidate, spec, raw_name)
@@ -279,7 +300,7 @@ def _missing_message(spec, missing, dirs, download_error, corrupt) -> str:
             f"or extracted, MD5 {spec.content_md5[raw_name]})"
         )
     lines.append("Folders searched:")
-    lines += [f"  {d}{'' if d.exists() else '  (does not exist)'}" for d in dirs]
+    lines += [f"  {d}{'' if _exists(d) else '  (does not exist or cannot be read)'}" for d in dirs]
     if corrupt:
         lines.append("Copies refused:")
         lines += [f"  {c}" for c in corrupt]
@@ -422,6 +443,11 @@ def load(
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if limit is not None:
+        if not (isinstance(limit, numbers.Integral) and not isinstance(limit, bool) and limit >= 1):
+            raise ValueError(f"limit must be a whole number of examples >= 1 (or None: all of them), got {limit!r}")
+        limit = int(limit)
+    device = pick_device(device)  # a device this machine lacks is refused in cnnlab's words, before any reading
     spec = _spec(name)
     folder = locate(spec.name, root=root, download=download)
     images, labels = _raw_tensors(spec.name, split == "train", folder)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -12,11 +14,65 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "check_writable"]
+__all__ = ["atomic_write", "check_writable", "SaveError", "why_not_written"]
 
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 _STALE_AFTER = 600  # seconds: a writer on another machine of a shared folder is not judged by its pid
+
+
+class SaveError(OSError):
+    """A file could not be written (a full disk, a read-only file system, no permission, a folder in
+    the way); the message says which file, why, and that the old file, if any, is as it was."""
+
+    def __init__(self, code: int | None, message: str):
+        super().__init__(message)
+        self.errno = code
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "no permission to write there",
+    errno.EPERM: "no permission to write there",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a part of the path is a file, not a folder",
+    errno.EISDIR: "that is a folder",
+    errno.ENOENT: "a part of the path does not exist and cannot be made",
+}
+
+
+def why_not_written(err: BaseException, *, full: bool = False) -> str:
+    """In words, why a write failed: the errno's meaning (the disk is full, read-only, ...), or the
+    error's own words. torch.save reports a full disk as a RuntimeError ("unexpected pos ..."):
+    ``full`` (no space was left when it failed) says that is what it was."""
+    if isinstance(err, OSError) and err.errno in _REASONS:
+        return _REASONS[err.errno]
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    text = " ".join(str(err).split())
+    if full:
+        torch_words = re.search(r"unexpected pos \d+ vs \d+", text)
+        return "the disk is full" + (f" (torch: {torch_words.group(0)})" if torch_words else "")
+    if "unexpected pos" in text or "PytorchStreamWriter" in text or "file write failed" in text:
+        return "the disk is full, or the file could not be written to the end (torch: " + text[:120] + ")"
+    return text[:200]
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    return isinstance(err, OSError) or (isinstance(err, RuntimeError) and any(
+        w in str(err) for w in ("unexpected pos", "PytorchStreamWriter", "file write failed")))
 
 
 def _alive(pid: int) -> bool:
@@ -67,11 +123,17 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     that replaces it in one step (``os.replace``) once the block ends, so a reader never sees half
     a file and an interrupted write leaves the old file as it was. On any error the temporary
     file is removed and the error goes on; one left by a killed process (its name carries the
-    machine and process) is removed by the next write of the same file."""
+    machine and process) is removed by the next write of the same file. A write that fails for want
+    of space, permission or a writable folder raises :class:`SaveError`, which says so."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp")
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp")
+    except OSError as err:
+        raise SaveError(err.errno, f"could not write {path}: {why_not_written(err)}; nothing was written") from err
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -79,6 +141,11 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; others sharing the cache must read it
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        full = _free_bytes(path.parent) < 1 << 20  # measured before the partial file is removed
+        Path(tmp).unlink(missing_ok=True)  # never a partial file left to keep a full disk full
+        if _is_write_failure(err) and not isinstance(err, SaveError):
+            kept = "the file that was there is as it was" if path.is_file() else "nothing was written"
+            raise SaveError(getattr(err, "errno", None) or (errno.ENOSPC if full else errno.EIO),
+                            f"could not write {path}: {why_not_written(err, full=full)}; {kept}") from err
         raise

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from cnnlab import cache_dir, smoke_mode
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.data import ImageSet
+from cnnlab.files import SaveError, check_writable
 from cnnlab.device import pick_device
 from cnnlab.models import create_model
 from cnnlab.train import History, fit, make_config, predict, seed_everything
@@ -27,7 +28,7 @@ from cnnlab.train import History, fit, make_config, predict, seed_everything
 __all__ = [
     "SERIES_SETTINGS", "AUGMENT", "LADDER", "ENSEMBLE_SEEDS", "SPREAD_SEEDS", "SERIES_MODELS",
     "CPU_EPOCH_SECONDS", "planned_training", "format_plan", "series_settings", "series_model", "load_series_run",
-    "PROBE_SIZE", "run_path", "save_run", "load_or_train", "scored_on",
+    "PROBE_SIZE", "TrainingInterrupted", "run_path", "save_run", "load_or_train", "scored_on",
 ]
 
 #: Notebook 06's augmentation: each training digit moved up to 2 px per axis, turned up to 10
@@ -172,6 +173,12 @@ def scored_on(eval_set: ImageSet | None) -> str:
     return "validation" if eval_set is not None and eval_set.split == "validation" else "test"
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a notebook's interrupt) stopped a run that :func:`load_or_train` was training:
+    its half-trained model is neither saved nor returned. A KeyboardInterrupt, so whatever was
+    interrupting stops too (a notebook cell, ``python -m cnnlab report``)."""
+
+
 #: How many test images (evenly spaced through the set) a saved run is checked on when it is loaded.
 PROBE_SIZE = 1000
 
@@ -222,6 +229,8 @@ def _still_the_saved_run(model: nn.Module, metrics: dict, eval_set: ImageSet) ->
     the same (a GPU and a CPU may differ on a close call); otherwise (another test set, or a run
     saved before runs kept their answers) the probe's accuracy must agree with the recorded one."""
     recorded = metrics.get("test_acc", float("nan"))
+    if not isinstance(recorded, (int, float)) or isinstance(recorded, bool) or not 0 <= recorded <= 1:
+        return False, f"has a damaged record (its test accuracy is {recorded!r}, not a number from 0 to 1)"
     probe = _probe(eval_set)
     answers = _answers(model, probe)
     now = float((answers == probe.y.cpu()).float().mean())
@@ -274,10 +283,21 @@ def load_or_train(
             print(f"{name}: the saved run could not be used ({err}); training again")
     else:
         print(f"{name}: no saved run with these settings; training it now")
+    try:  # a run that could not be saved is refused now, not after training
+        check_writable(path, "saved run")
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}. Saved runs go in {path.parent}: point CNNLAB_CACHE at a folder you can "
+                         "write (for example: export CNNLAB_CACHE=~/.cache/cnnlab), or fix that folder") from None
     if path.exists():  # loading filled this model with the saved weights: start again from the seed
         seed_everything(config["seed"])
         model = make_model()
     history = fit(model, train_set, test_set, **settings)
+    if history.stopped == "interrupt":  # half-trained: never saved, and never handed on as the run
+        raise TrainingInterrupted(f"{name}: training was interrupted after {len(history.epochs)} of "
+                                  f"{config['epochs']} epochs; nothing was saved or used. Run it again to train it.")
     if history.stopped is None:
-        save_run(name, model, history, train_set, scored=scored_on(test_set), eval_set=test_set)
+        try:
+            save_run(name, model, history, train_set, scored=scored_on(test_set), eval_set=test_set)
+        except SaveError as err:  # a full disk: the model is used now, and trained again next time
+            print(f"{name}: the run is used but not kept ({err}); it will be trained again next time")
     return model, history

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import random
 import signal
 import threading
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from cnnlab.augment import random_affine
+from cnnlab.augment import augment_problem, random_affine
 from cnnlab.cuda_graph import GraphedStep, graph_optimizer
 from cnnlab.data import ImageSet
 from cnnlab.device import model_device, pick_device
@@ -71,31 +72,39 @@ class TrainConfig:
     cuda_graph: bool = False  # on CUDA: replay each training step as one CUDA graph (adam/adamw; cnnlab.cuda_graph)
 
     def __post_init__(self):
-        checks = {
-            "epochs": self.epochs >= 0,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0 and math.isfinite(self.lr),
-            "optimizer": self.optimizer in _OPTIMIZERS,
-            "schedule": self.schedule in ("onecycle", "constant", "step"),
-            "amp": self.amp in ("auto", "bf16", "off"),
-            "eval_batch_size": self.eval_batch_size >= 1,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "augment": self.augment is None or (isinstance(self.augment, dict)
-                                                and set(self.augment) <= {"shift", "rotate", "scale"}),
-            "cuda_graph": not self.cuda_graph or self.optimizer in ("adam", "adamw"),
-            "momentum": self.momentum is None or (0 <= self.momentum < 1 and self.optimizer == "sgd"
-                                                  and self.schedule != "onecycle"),
+        def whole(v, low: int, high: float = math.inf) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool) and low <= v <= high
+
+        def real(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def one_of(v, options) -> bool:
+            return isinstance(v, str) and v in options
+
+        rules = {  # setting: (whether it is good, what a good one is)
+            "epochs": (whole(self.epochs, 0), "a whole number >= 0"),
+            "batch_size": (whole(self.batch_size, 1), "a whole number >= 1"),
+            "eval_batch_size": (whole(self.eval_batch_size, 1), "a whole number >= 1"),
+            "lr": (real(self.lr) and self.lr > 0, "a number > 0"),
+            "weight_decay": (real(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
+            "seed": (whole(self.seed, 0, 2**64 - 1), "a whole number from 0 to 2**64 - 1"),
+            "optimizer": (one_of(self.optimizer, _OPTIMIZERS), " | ".join(_OPTIMIZERS)),
+            "schedule": (one_of(self.schedule, ("onecycle", "constant", "step")), "onecycle | constant | step"),
+            "amp": (one_of(self.amp, ("auto", "bf16", "off")), "auto | bf16 | off"),
+            "label_smoothing": (real(self.label_smoothing) and 0 <= self.label_smoothing < 1, "from 0 to below 1"),
+            "augment": (self.augment is None or augment_problem(self.augment) is None,
+                        augment_problem(self.augment) if self.augment is not None else ""),
+            "progress": (isinstance(self.progress, bool), "True or False"),
+            "cuda_graph": (isinstance(self.cuda_graph, bool) and (not self.cuda_graph or self.optimizer in ("adam", "adamw")),
+                           "True or False; cuda_graph needs adam or adamw"),
+            "momentum": (self.momentum is None or (real(self.momentum) and 0 <= self.momentum < 1
+                                                   and self.optimizer == "sgd" and self.schedule != "onecycle"),
+                         "momentum is for sgd with schedule='constant' or 'step', between 0 and 1: the one-cycle "
+                         "schedule sets momentum itself, and adam's is its betas"),
         }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = [f"{name}={getattr(self, name)!r} ({rule})" for name, (ok, rule) in rules.items() if not ok]
         if bad:
-            raise ValueError(
-                "invalid training setting(s): "
-                + ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-                + f" (optimizer: {' | '.join(_OPTIMIZERS)}; schedule: onecycle | constant | step;"
-                " amp: auto | bf16 | off; epochs >= 0, batch sizes >= 1, lr > 0; cuda_graph needs adam or adamw;"
-                " momentum is for sgd with schedule='constant' or 'step', between 0 and 1: the one-cycle schedule"
-                " sets momentum itself, and adam's is its betas; augment takes shift, rotate and scale)"
-            )
+            raise ValueError("invalid training setting(s): " + "; ".join(bad))
 
 
 _OPTIMIZERS = {  # fused: one kernel per step for all parameters, where the device has it (CUDA)
@@ -140,7 +149,26 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
-        return cls(**d)
+        """The History that :meth:`to_dict` gave; a ``TypeError`` saying what is wrong for a record
+        that is not one (a checkpoint's damaged history is refused when it is loaded, not later)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"a history is a dict, got {type(d).__name__}")
+        h = cls(**d)
+        number = (int, float)
+        problems = [name for name, ok in (
+            ("config", isinstance(h.config, dict)),
+            ("device", isinstance(h.device, str)),
+            ("model", isinstance(h.model, str)),
+            ("stopped", h.stopped is None or isinstance(h.stopped, str)),
+            ("seconds", isinstance(h.seconds, number) and not isinstance(h.seconds, bool)),
+            ("epochs", isinstance(h.epochs, list) and all(
+                isinstance(e, dict) and all(isinstance(k, str) and isinstance(v, number) and not isinstance(v, bool)
+                                            for k, v in e.items()) for e in h.epochs)),
+        ) if not ok]
+        if problems:
+            raise TypeError(f"its {', '.join(problems)} {'is' if len(problems) == 1 else 'are'} not what a History "
+                            "holds (epochs: a list of {name: number} records)")
+        return h
 
 
 @dataclass
@@ -225,7 +253,7 @@ def _param_groups(model: nn.Module, param_groups: Sequence[dict[str, Any]] | Non
             raise ValueError(f"param_groups[{i}] has {sorted(unknown)}; a group takes 'params' and 'lr_scale' "
                              "(a multiple of lr)")
         scale = g.get("lr_scale", 1.0)
-        if not (scale > 0 and math.isfinite(scale)):
+        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0 and math.isfinite(scale)):
             raise ValueError(f"param_groups[{i}]: lr_scale must be a positive number, got {scale!r}")
         params = [p for p in g["params"] if p.requires_grad]
         if any(id(p) in seen for p in params):
@@ -342,6 +370,12 @@ def fit(
         raise ValueError("cuda_graph=True trains one parameter group at one learning rate; "
                          "leave out param_groups or cuda_graph")
     device = pick_device(cfg.device)
+    if cfg.cuda_graph and device.type != "cuda":  # a setting that would be ignored is refused
+        raise ValueError(f"cuda_graph=True replays each training step as a CUDA graph, which needs a CUDA device; "
+                         f"this run trains on {device}: leave cuda_graph off")
+    if test_set is not None and len(test_set) == 0:
+        raise ValueError("the test set is empty: check the limit or the subset that built it, or give no test set "
+                         "to train without scoring")
     seed_everything(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -462,6 +496,8 @@ class Score(NamedTuple):
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageSet, *, batch_size: int = 1000) -> Score:
     """Mean cross-entropy and accuracy of ``model`` on ``data`` (float32, on the model's device)."""
+    if len(data) == 0:
+        raise ValueError("cannot score a model on an empty set of images: check the limit or the subset that built it")
     device = model_device(model)
     data = data.to(device)
     loss_sum = torch.zeros((), device=device)

@@ -31,6 +31,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 from cnnlab import cache_dir
 from cnnlab.data import ImageSet, _offline
 from cnnlab.device import model_device, pick_device
+from cnnlab.files import SaveError, atomic_write
 from cnnlab.models import eval_mode
 
 __all__ = [
@@ -393,6 +395,8 @@ def cached_features(backbone: Backbone, data: ImageSet, *, train_stages: int = 0
     (their activations stay in cache): at 96 px, 32 photos a batch took a third of the time of 250."""
     from tqdm.auto import tqdm
 
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a whole number of photos >= 1, got {batch_size!r}")
     body, _ = split(backbone, train_stages)
     images = data.denormalize(data.x)  # [0, 1]
     weights = hashlib.sha256()  # the weights themselves, so changed or random ones never share a file
@@ -407,23 +411,43 @@ def cached_features(backbone: Backbone, data: ImageSet, *, train_stages: int = 0
         return ImageSet(x, data.y.cpu(), data.classes, data.name, data.split, 0.0, 1.0, check=check)
 
     if cache and path.is_file():
-        try:
-            x = torch.load(path, map_location="cpu", weights_only=True)
-            if x.shape[0] == len(data):
-                return as_set(x, False)
-        except Exception:  # half-written or corrupt (any unpickling error): computed again below
-            pass
+        x, why = _read_features(path, body, prepare_images(backbone, images[:1], size), len(data))
+        if why is None:
+            return as_set(x, False)
+        print(f"features: the cached file {path.name} is not usable ({why}); computing them again")
     out = []
     with eval_mode(body):
         for i in tqdm(range(0, len(images), batch_size), disable=not progress, desc=f"features ({size} px)", unit="batch"):
             out.append(body(prepare_images(backbone, images[i : i + batch_size], size)).float().cpu())
     x = torch.cat(out) if out else torch.empty(0, device="cpu")
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(x, tmp)
-        os.replace(tmp, path)  # never a half-written file under the real name
+        try:
+            with atomic_write(path) as f:  # never a half-written file under the real name, nor one left behind
+                torch.save(x, f)
+        except SaveError as err:  # a full or read-only disk: the features are used now, computed again next time
+            print(f"features: not kept ({err}); they are used now and will be computed again next time")
     return as_set(x, True)
+
+
+@torch.no_grad()
+def _read_features(path: Path, body: nn.Module, first: Tensor, count: int) -> tuple[Tensor | None, str | None]:
+    """The features cached in ``path`` if they are what ``body`` makes of ``count`` images (the
+    shape of its output for the ``first`` image, float32, finite), else None and why not."""
+    try:
+        x = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # half-written or corrupt (any unpickling error)
+        return None, f"it cannot be read: {type(err).__name__}"
+    if not isinstance(x, Tensor):
+        return None, f"it holds a {type(x).__name__}, not a tensor"
+    with eval_mode(body):
+        expected = (count, *body(first).shape[1:])
+    if tuple(x.shape) != expected:
+        return None, f"its shape is {tuple(x.shape)}, not {expected}"
+    if x.dtype != torch.float32:
+        return None, f"it holds {str(x.dtype).removeprefix('torch.')}, not float32"
+    if not bool(torch.isfinite(x).all()):
+        return None, "it holds NaN or infinite values"
+    return x, None
 
 
 def linear_head(in_features: int, num_classes: int = 10) -> nn.Module:

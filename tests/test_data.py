@@ -172,12 +172,12 @@ def test_a_cache_that_cannot_be_written_is_a_message_not_a_traceback(isolated_ca
 
     monkeypatch.setenv("CNNLAB_DATA", str(SHARED))
     monkeypatch.setattr(tf, "mkstemp", refused)
-    with pytest.raises(data.DataError, match=r"permission denied for .*CNNLAB_CACHE.*export CNNLAB_CACHE="):
+    with pytest.raises(data.DataError, match=r"cannot write the extracted files into .*no permission to write there.*CNNLAB_CACHE.*export CNNLAB_CACHE="):
         data.locate("mnist")
     from cnnlab.doctor import check
 
     report = check()  # doctor reports it instead of failing
-    assert "mnist" in report.missing and "permission denied" in report.datasets["mnist"]
+    assert "mnist" in report.missing and "no permission to write" in report.datasets["mnist"]
 
 
 @needs_shared
@@ -217,5 +217,5 @@ def test_a_cache_that_cannot_be_written_after_a_download_is_a_message_too(isolat
         pytest.skip("CNNLAB_DATA with the raw .gz archives is not set")
     monkeypatch.setattr(tf, "mkstemp", refused)
     monkeypatch.setattr(data, "_download", fake_download)
-    with pytest.raises(data.DataError, match="permission denied"):
+    with pytest.raises(data.DataError, match="no permission to write there"):
         data.locate("mnist", download=True)

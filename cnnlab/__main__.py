@@ -130,11 +130,11 @@ def _train(args) -> int:
             rescue = Path(tempfile.gettempdir()) / f"cnnlab-{os.getpid()}-{path.name}"
             try:
                 save_checkpoint(rescue, model, history=history, metrics=metrics)
-                kept = f"the model trained now was saved as {rescue} instead: move it where it belongs"
+                kept = f"The model trained now was saved as {rescue} instead: move it where it belongs"
             except SaveError as again:
-                kept = f"the model trained now could not be kept anywhere ({again}): free space and train again"
+                kept = f"The model trained now could not be kept anywhere ({again}): free space and train again"
             print(f"error: {err}. {kept}", file=sys.stderr)
-            return 1
+            return 130 if history.stopped == "interrupt" else 1
         if finished:
             print(f"saved {path}", file=out)
         else:  # never over a complete checkpoint
@@ -219,7 +219,8 @@ def _report(args) -> int:
             report = series_report(train_set, test_set, device=args.device, seeds=seeds)
     except KeyboardInterrupt as err:  # never a table with a row from a model that did not finish
         print(f"interrupted: {err or 'Ctrl-C'}\nThe report did not finish, so no table is printed. The runs that "
-              "finished are saved: run the report again to go on from there.", file=sys.stderr)
+              "finished were saved (unless a line above says one was not kept): run the report again to go on "
+              "from there.", file=sys.stderr)
         return 130
     print(report, file=out)
     if args.json:

@@ -24,7 +24,7 @@ from torchvision import datasets as tv_datasets
 
 from cnnlab import cache_dir, repo_root
 from cnnlab.device import pick_device
-from cnnlab.files import atomic_write, why_not_written
+from cnnlab.files import SaveError, atomic_write, why_not_written
 
 __all__ = [
     "DATASETS",
@@ -230,7 +230,7 @@ def locate(
         else:
             download_error = None if download else "downloads are off (download=False or CNNLAB_OFFLINE=1)"
     except OSError as err:  # no permission, a read-only or full disk, a file where a folder should be
-        where = err.filename if isinstance(err, PermissionError) and err.filename else target_dir
+        where = target_dir if isinstance(err, SaveError) or not err.filename else err.filename
         raise DataError(
             f"{spec.name}: cannot write the extracted files into {where}: {why_not_written(err)}. cnnlab reads "
             f"the raw files where it finds them and writes the extracted ones into {target_dir}; point "
@@ -280,6 +280,9 @@ def _fill_cache(spec: DatasetSpec, target_dir: Path, dirs: Sequence[Path]) -> tu
                     content = _verified_content(candidate, spec, raw_name)
                 except CorruptDatasetError as err:
                     corrupt.append(str(err))
+                    continue
+                except OSError as err:  # a copy that cannot be read (someone else's): try the next folder
+                    corrupt.append(f"{candidate}: cannot be read ({err.strerror or err})")
                     continue
                 with atomic_write(target) as f:
                     f.write(content)

@@ -26,11 +26,10 @@ class SaveError(OSError):
     the way); the message says which file, why, and that the old file, if any, is as it was."""
 
     def __init__(self, code: int | None, message: str):
-        super().__init__(message)
-        self.errno = code
+        super().__init__(code, message)  # args (code, message): copied and pickled whole
 
     def __str__(self) -> str:
-        return str(self.args[0])
+        return str(self.args[1])
 
 
 _REASONS = {
@@ -105,16 +104,29 @@ def check_writable(path: str | os.PathLike, what: str = "file") -> Path:
     a folder, a parent is a file, or the nearest existing folder is not writable. Call it before
     long work whose result goes there."""
     path = Path(path).expanduser()
-    if path.is_dir():
-        raise ValueError(f"cannot save the {what} as {path}: that is a folder; give a file name inside it")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"cannot save the {what} as {path}: {parent} is a file, not a folder")
+    try:
+        if path.is_dir():
+            raise ValueError(f"cannot save the {what} as {path}: that is a folder; "
+                             + ("remove it" if what == "saved run" else "give a file name inside it"))
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ValueError(f"cannot save the {what} as {path}: {parent} is a file, not a folder")
+    except OSError as err:  # a folder on the way that cannot be looked into
+        raise ValueError(f"cannot save the {what} as {path}: {why_not_written(err)}") from None
+    if _read_only(parent):
+        raise ValueError(f"cannot save the {what} as {path}: {parent} is on a read-only file system")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"cannot save the {what} as {path}: no permission to write in {parent}")
     return path
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
 
 
 @contextlib.contextmanager

@@ -237,7 +237,12 @@ def _still_the_saved_run(model: nn.Module, metrics: dict, eval_set: ImageSet) ->
     kind = scored_on(eval_set)
     images = (f"{len(probe):,} of these {len(eval_set):,} {kind} images" if len(probe) < len(eval_set)
               else f"these {len(eval_set):,} {kind} images")
-    kept = metrics.get("probe") or {}
+    kept = metrics.get("probe")
+    if kept is not None and not (isinstance(kept, dict) and isinstance(kept.get("images"), str)
+                                 and isinstance(kept.get("answers"), list)
+                                 and all(isinstance(a, int) and not isinstance(a, bool) for a in kept["answers"])):
+        return False, "has a damaged record (its answers to the probe images are not a list of classes)"
+    kept = kept or {}
     if kept.get("images") == _fingerprint(probe) and len(kept.get("answers", ())) == len(probe):
         same = float((answers == torch.as_tensor(kept["answers"])).float().mean())
         return same >= 0.98, f"recorded {recorded:.2%} but scores {now:.2%} on {images}: {1 - same:.1%} of its answers changed"

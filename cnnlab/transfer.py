@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import numbers
 import os
 import re
 from collections.abc import Sequence
@@ -395,7 +396,7 @@ def cached_features(backbone: Backbone, data: ImageSet, *, train_stages: int = 0
     (their activations stay in cache): at 96 px, 32 photos a batch took a third of the time of 250."""
     from tqdm.auto import tqdm
 
-    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
+    if not (isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool) and batch_size >= 1):
         raise ValueError(f"batch_size must be a whole number of photos >= 1, got {batch_size!r}")
     body, _ = split(backbone, train_stages)
     images = data.denormalize(data.x)  # [0, 1]

@@ -33,9 +33,12 @@ needs_shared = pytest.mark.skipif(SHARED is None, reason="CNNLAB_DATA (the share
 def test_ctrl_c_while_report_trains_stops_it_and_prints_no_table(tmp_path):
     """A real SIGINT while `report` trains the small CNN: it stops (exit 130), says which run did
     not finish, prints no table, and saves only the runs that finished."""
-    env = {k: v for k, v in os.environ.items() if k != "CNNLAB_SMOKE"} | {"CNNLAB_CACHE": str(tmp_path), "CNNLAB_OFFLINE": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "CNNLAB_SMOKE"} | {
+        "CNNLAB_CACHE": str(tmp_path / "cache"), "CNNLAB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # lines as printed
+    errors = open(tmp_path / "stderr.txt", "w+")  # progress bars: a file, never a pipe nobody reads while it fills
     p = subprocess.Popen([sys.executable, "-m", "cnnlab", "report", "--limit-train", "20000", "--limit-test", "500",
-                          "--seeds", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                          "--seeds", "1", "--device", "cpu"],  # on the CPU: 5 epochs of the small CNN take long enough
+                         stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
     seen = []
     for line in p.stdout:
         seen.append(line)
@@ -43,12 +46,14 @@ def test_ctrl_c_while_report_trains_stops_it_and_prints_no_table(tmp_path):
             break
     time.sleep(3)  # into its training (a Ctrl-C before it would stop the report as well, with less to say)
     p.send_signal(signal.SIGINT)
-    rest, err = p.communicate(timeout=300)
+    rest, _ = p.communicate(timeout=300)
+    errors.seek(0)
+    err = errors.read()
     out = "".join(seen) + rest
     assert p.returncode == 130, out + err
     assert "interrupted: small-cnn: training was interrupted after" in err and "no table is printed" in err
     assert "per million" not in out and "Small CNN" not in out  # no table, no row from the unfinished model
-    saved = sorted(f.name.split("-")[0] for f in (tmp_path / "runs").glob("*.pt"))
+    saved = sorted(f.name.split("-")[0] for f in (tmp_path / "cache" / "runs").glob("*.pt"))
     assert saved == ["linear", "mlp"]  # what finished is kept; the interrupted run is not
 
 
@@ -70,7 +75,9 @@ def test_an_interrupted_saved_run_is_neither_saved_nor_handed_on(isolated_cache,
 
 # ----- saved runs that are not what they claim, or cannot be saved ------------------------------------
 
-@pytest.mark.parametrize("record", [{"test_acc": "0.7"}, {"test_acc": None}, {"test_acc": 7.5}])
+@pytest.mark.parametrize("record", [{"test_acc": "0.7"}, {"test_acc": None}, {"test_acc": 7.5},
+                                    {"test_acc": 0.8, "probe": 3}, {"test_acc": 0.8, "probe": {"images": "x", "answers": 7}},
+                                    {"test_acc": 0.8, "probe": {"images": "x", "answers": ["a", "b"]}}])
 def test_a_saved_run_with_a_damaged_record_is_trained_again(record, isolated_cache, mnist_small, capsys):
     train, test = mnist_small
     runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False, device="cpu")
@@ -80,7 +87,8 @@ def test_a_saved_run_with_a_damaged_record_is_trained_again(record, isolated_cac
     capsys.readouterr()
     runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False, device="cpu")
     out = capsys.readouterr().out
-    assert f"has a damaged record (its test accuracy is {record['test_acc']!r}" in out and "training again" in out
+    what = "its answers to the probe images" if "probe" in record else f"its test accuracy is {record['test_acc']!r}"
+    assert f"has a damaged record ({what}" in out and "training again" in out
 
 
 def test_a_saved_run_whose_history_is_damaged_is_refused_when_loaded_and_trained_again(isolated_cache, mnist_small,
@@ -114,7 +122,7 @@ def test_a_runs_folder_that_cannot_be_written_is_refused_before_training(isolate
     _, how = small_disk("cache/runs", read_only=True)
     print("read-only disk:", how)
     monkeypatch.setattr(runs, "fit", lambda *a, **k: pytest.fail("trained, though the run could not be saved"))
-    with pytest.raises(ValueError, match=r"no permission to write in .*runs.*CNNLAB_CACHE"):
+    with pytest.raises(ValueError, match=r"(no permission to write in|runs is on a read-only file system).*CNNLAB_CACHE"):
         runs.load_or_train("lin", LinearClassifier, train, test, epochs=1, progress=False, device="cpu")
 
 
@@ -333,3 +341,9 @@ def test_save_error_is_an_os_error_that_says_what_was_kept(tmp_path):
     with pytest.raises(SaveError, match=r"could not write .*run.pt: a part of the path is a file, not a folder; nothing"):
         save_checkpoint(tmp_path / "a-file" / "run.pt", LinearClassifier())
     assert issubclass(SaveError, OSError)
+    import copy
+    import pickle
+
+    err = SaveError(28, "could not write x: the disk is full; nothing was written")
+    for again in (pickle.loads(pickle.dumps(err)), copy.copy(err)):  # as multiprocessing passes it on
+        assert str(again) == str(err) and again.errno == 28

@@ -41,6 +41,36 @@ class EpochResult:
     train_images: int
 
 
+def _first_error(nb) -> str | None:
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"{out.get('ename')}: {out.get('evalue')}"[:500]
+    return None
+
+
+def run_notebook(path: Path, out_dir: Path, env: dict[str, str], timeout: int = 600) -> dict:
+    """Execute one notebook top to bottom (nbclient, a fresh kernel, cwd notebooks/); save the
+    executed copy in ``out_dir``; return its time and the first error (None when it ran clean)."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                     resources={"metadata": {"path": str(path.parent)}})
+    t0 = time.perf_counter()
+    error = None
+    try:
+        client.execute(env=env)  # the kernel's environment; this process's own is left alone
+    except nbclient.exceptions.CellExecutionError as err:
+        error = _first_error(nb) or str(err).strip().splitlines()[-1][:500]
+    except Exception as err:  # a kernel that died or timed out: say so, go on with the next notebook
+        error = f"{type(err).__name__}: {str(err).strip()[:500]}"
+    seconds = time.perf_counter() - t0
+    nbformat.write(nb, out_dir / path.name)
+    return {"notebook": path.stem, "seconds": seconds, "error": error}
+
+
 def recipe_epoch(device: torch.device, seed: int = 1, limit: int | None = None) -> EpochResult:
     """pytorch/examples' mnist/main.py for one epoch (its ``train`` and ``test`` loops).
 
@@ -327,7 +357,6 @@ def notebook_times(names: Sequence[str] | None = None, *, store: bool = False, t
     import tempfile
 
     from cnnlab import repo_root
-    from cnnlab.gpu_check import run_notebook
 
     folder = repo_root() / "notebooks" if folder is None else Path(folder)
     paths = sorted(folder.glob("[0-9][0-9]_*.ipynb"))

@@ -24,9 +24,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from torch import Tensor, nn
 
 from cnnlab.data import ImageSet
-from cnnlab.device import model_device
+from cnnlab.device import eval_mode, model_device
 from cnnlab.hooks import capture, leaf_layers
-from cnnlab.models import eval_mode
 from cnnlab.train import Callback, History, LoopState, StopTraining
 from cnnlab.viz import show_feature_maps, show_filters, tile
 

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnlab.device import model_device
+from cnnlab.device import eval_mode, model_device
+from cnnlab.transforms import shift_images
 
 __all__ = [
     "conv_output_size", "conv2d_loops", "conv2d_unfold", "KERNEL_PRESETS", "kernel_preset",
@@ -235,9 +236,6 @@ def shift_difference(layer: Callable[[Tensor], Tensor], x: Tensor, dx: int, dy: 
     Zero away from the borders for an equivariant layer. ``out_shift`` (right, down) is how far the
     output should move, ``(dx, dy)`` unless given: half as far after a stride or a pool of 2.
     A module runs where it is, in eval mode; ``x`` may come from any device; the result is on the CPU."""
-    from cnnlab.models import eval_mode  # here, not at the top: models imports conv
-    from cnnlab.transforms import shift_images
-
     odx, ody = (dx, dy) if out_shift is None else out_shift
     module = isinstance(layer, nn.Module)
     if module:

@@ -8,6 +8,7 @@ The rule:
 - **Analysis** (every function that takes a model: ``evaluate``, ``predict``, ``feature_maps``,
   ``grad_cam``, ``receptive_fields``, ...) runs where the model is (:func:`model_device`),
   accepts inputs on any device, and returns CPU tensors.
+  Each analyses the model in eval mode and leaves its train/eval mode as it was (:func:`eval_mode`).
 - **Drawing** (``cnnlab.viz`` and the widgets) accepts tensors on any device.
 - **Tensor operations** written by hand (``cnnlab.conv``, ``cnnlab.transforms``) behave like
   PyTorch's own: the result is on the device of their inputs.
@@ -19,10 +20,13 @@ The rule:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
-__all__ = ["DeviceError", "pick_device", "available_devices", "model_device"]
+__all__ = ["DeviceError", "pick_device", "available_devices", "model_device", "eval_mode"]
 
 _KNOWN = ("cpu", "cuda", "mps")
 _ALIASES = {  # names people type that PyTorch does not know, and what they probably mean
@@ -118,3 +122,15 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (dropout off, BatchNorm's running statistics) inside the block;
+    its train/eval mode as it was afterwards, whatever happens inside."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -78,36 +78,6 @@ def _run_tests(log: _Log, env: dict[str, str], timeout: int) -> dict:
     return {"exit": code, "seconds": seconds, "last_line": tail}
 
 
-def _first_error(nb) -> str | None:
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                return f"{out.get('ename')}: {out.get('evalue')}"[:500]
-    return None
-
-
-def run_notebook(path: Path, out_dir: Path, env: dict[str, str], timeout: int = 600) -> dict:
-    """Execute one notebook top to bottom (nbclient, a fresh kernel, cwd notebooks/); save the
-    executed copy in ``out_dir``; return its time and the first error (None when it ran clean)."""
-    import nbclient
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                     resources={"metadata": {"path": str(path.parent)}})
-    t0 = time.perf_counter()
-    error = None
-    try:
-        client.execute(env=env)  # the kernel's environment; this process's own is left alone
-    except nbclient.exceptions.CellExecutionError as err:
-        error = _first_error(nb) or str(err).strip().splitlines()[-1][:500]
-    except Exception as err:  # a kernel that died or timed out: say so, go on with the next notebook
-        error = f"{type(err).__name__}: {str(err).strip()[:500]}"
-    seconds = time.perf_counter() - t0
-    nbformat.write(nb, out_dir / path.name)
-    return {"notebook": path.stem, "seconds": seconds, "error": error}
-
-
 def _bench(log: _Log, device: str, limit: int | None) -> dict:
     from cnnlab.bench import (
         dashboard_overhead, format_overhead, format_result, format_time_to_accuracy, run, time_to_accuracy,
@@ -217,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check(args, device, out: Path, log: _Log, info: dict) -> int:
     from cnnlab import data
+    from cnnlab.bench import run_notebook  # imported when the check runs, as data is: they need torch
 
     try:
         data.locate("mnist")  # found and verified before anything runs

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnlab.device import model_device
-from cnnlab.models import eval_mode
+from cnnlab.device import eval_mode, model_device
 
 __all__ = [
     "capture", "feature_maps", "layer_names", "leaf_layers", "spatial_layers", "channel_maxima", "top_activating",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from statistics import NormalDist
 from typing import NamedTuple
 
@@ -14,14 +14,16 @@ import torch
 from torch import Tensor, nn
 
 from cnnlab.data import ImageSet
-from cnnlab.train import evaluate
-from cnnlab.transforms import DIRECTIONS, shift_images
+from cnnlab.models import as_named_models
+from cnnlab.train import evaluate, predict
+from cnnlab.transforms import DIRECTIONS, shift_images, transform_digit
 
 __all__ = [
     "confusion_matrix",
     "per_class_accuracy",
     "most_confident_mistakes",
     "accuracy_under_shift",
+    "explore_transform",
     "error_ratio",
     "errors_per_million",
     "accuracy_interval",
@@ -59,6 +61,23 @@ def error_ratio(accuracy_before: float, accuracy_after: float) -> float:
 
 
 @torch.no_grad()
+def explore_transform(
+    models: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module],
+    data: ImageSet,
+    index: int,
+    dx: float = 0,
+    dy: float = 0,
+    angle: float = 0.0,
+    scale: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The test digit at ``index`` moved/rotated/scaled, and each model's class probabilities for it."""
+    if not isinstance(index, int) or not 0 <= index < len(data):
+        raise ValueError(f"index must be a whole number from 0 to {len(data) - 1}, got {index!r}")
+    image = transform_digit(data.x[index].cpu(), dx, dy, angle, scale, fill=data.background)
+    probs = {name: predict(model, image.unsqueeze(0))[0] for name, model in as_named_models(models).items()}
+    return image, probs
+
+
 def accuracy_under_shift(
     model: nn.Module,
     data: ImageSet,

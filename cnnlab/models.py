@@ -7,16 +7,15 @@ sizes, and records its constructor arguments in ``.hparams`` so a checkpoint can
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.conv import conv_output_size
-from cnnlab.device import model_device
+from cnnlab.device import eval_mode, model_device  # eval_mode: also importable from here, as before
 
 __all__ = [
     "LinearClassifier",
@@ -325,18 +324,6 @@ def create_model(name: str, in_channels: int = 1, num_classes: int = 10, **kwarg
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """The number of scalar parameters (weights and biases) in ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode (dropout off, BatchNorm's running statistics) inside the block;
-    its train/eval mode as it was afterwards, whatever happens inside."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from cnnlab.device import model_device
+from cnnlab.device import eval_mode, model_device
 from cnnlab.hooks import capture, leaf_layers
-from cnnlab.models import eval_mode
 
 __all__ = [
     "RFLayer",

@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnlab.device import model_device
+from cnnlab.device import eval_mode, model_device
 from cnnlab.hooks import capture
-from cnnlab.models import eval_mode
 
 __all__ = ["input_gradients", "smoothgrad", "grad_cam"]
 

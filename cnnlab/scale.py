@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnnlab.device import model_device, pick_device
+from cnnlab.device import eval_mode, model_device, pick_device
 from cnnlab.hooks import leaf_layers
-from cnnlab.models import count_parameters, eval_mode
+from cnnlab.models import count_parameters
 from cnnlab.receptive_field import RFLayer, measured_receptive_field, receptive_fields
 
 __all__ = ["ARCHITECTURES", "PAPERS", "TRANSFORMERS", "build", "count_macs", "imagenet_weights", "inference_seconds",

@@ -31,8 +31,7 @@ from tqdm.auto import tqdm
 from cnnlab.augment import augment_problem, random_affine
 from cnnlab.cuda_graph import GraphedStep, graph_optimizer
 from cnnlab.data import ImageSet
-from cnnlab.device import model_device, pick_device
-from cnnlab.models import eval_mode
+from cnnlab.device import eval_mode, model_device, pick_device
 
 __all__ = [
     "TrainConfig",

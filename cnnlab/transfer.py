@@ -40,9 +40,8 @@ from torch import Tensor, nn
 
 from cnnlab import cache_dir
 from cnnlab.data import ImageSet, _offline
-from cnnlab.device import model_device, pick_device
+from cnnlab.device import eval_mode, model_device, pick_device
 from cnnlab.files import SaveError, atomic_write
-from cnnlab.models import eval_mode
 
 __all__ = [
     "BACKBONES",

@@ -1,20 +1,18 @@
-"""Moving digits around: exact integer shifts of a whole test set, and a free affine transform of one digit."""
+"""Moving digits around: exact integer shifts of a whole test set, and a free affine transform of one digit.
+
+Operations on tensors only (what models make of moved digits is in :mod:`cnnlab.metrics`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from cnnlab.data import ImageSet
-from cnnlab.models import as_named_models
-from cnnlab.train import predict
 
-__all__ = ["DIRECTIONS", "shift_images", "transform_digit", "explore_transform"]
+__all__ = ["DIRECTIONS", "shift_images", "transform_digit"]
 
 #: (dx, dy) of a one-pixel move in each direction; +x is right, +y is down.
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -56,20 +54,3 @@ def transform_digit(
         x, angle=angle, translate=[dx, dy], scale=scale, shear=[0.0, 0.0],
         interpolation=InterpolationMode.BILINEAR, fill=fill,
     )
-
-
-def explore_transform(
-    models: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module],
-    data: ImageSet,
-    index: int,
-    dx: float = 0,
-    dy: float = 0,
-    angle: float = 0.0,
-    scale: float = 1.0,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The test digit at ``index`` moved/rotated/scaled, and each model's class probabilities for it."""
-    if not isinstance(index, int) or not 0 <= index < len(data):
-        raise ValueError(f"index must be a whole number from 0 to {len(data) - 1}, got {index!r}")
-    image = transform_digit(data.x[index].cpu(), dx, dy, angle, scale, fill=data.background)
-    probs = {name: predict(model, image.unsqueeze(0))[0] for name, model in as_named_models(models).items()}
-    return image, probs

@@ -31,10 +31,9 @@ from cnnlab.conv import (KERNEL_PRESETS, ConvWindow, apply_kernel, conv_layer_su
                          output_window, parse_kernel)
 from cnnlab.data import ImageSet
 from cnnlab.hooks import channel_maxima, feature_map_view, filter_of, spatial_layers, top_activating
-from cnnlab.metrics import most_confident_mistakes
+from cnnlab.metrics import explore_transform, most_confident_mistakes
 from cnnlab.models import as_named_models
 from cnnlab.receptive_field import receptive_field_view, receptive_fields
-from cnnlab.transforms import explore_transform
 from cnnlab.viz import (
     PredictionPanel,
     add_colorbar,

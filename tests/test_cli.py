@@ -150,7 +150,7 @@ def test_gpu_check_runs_notebooks_and_reports_each(tmp_path, capsys):
     saved with its time; a broken one is reported with its first error."""
     import nbformat
 
-    from cnnlab.gpu_check import run_notebook
+    from cnnlab.bench import run_notebook
 
     out = tmp_path / "out"
     code = main(["gpu-check", "--device", "cpu", "--smoke", "--only", "00_start_here", "--skip-tests", "--skip-bench",

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from cnnlab import runs
+from cnnlab.metrics import explore_transform
 from cnnlab.models import MLP, LinearClassifier
-from cnnlab.transforms import explore_transform, shift_images
+from cnnlab.transforms import shift_images
 from cnnlab.widgets import shift_explorer
 
 
@@ -311,7 +312,7 @@ def test_a_blitted_frame_is_the_picture_a_full_redraw_gives(mnist_small):
     from PIL import Image
 
     from cnnlab.models import MLP, SmallCNN
-    from cnnlab.transforms import explore_transform
+    from cnnlab.metrics import explore_transform
     from cnnlab.viz import render_png, show_prediction
     from cnnlab.widgets import shift_explorer
 

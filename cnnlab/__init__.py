@@ -19,6 +19,11 @@ def smoke_mode() -> bool:
     return os.environ.get(SMOKE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def offline_mode() -> bool:
+    """True when ``CNNLAB_OFFLINE`` is set to 1/true/yes: nothing is downloaded (datasets, weights)."""
+    return os.environ.get("CNNLAB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def full_or_smoke(full: T, smoke: T) -> T:
     """Return ``smoke`` in the smoke setting and ``full`` otherwise (for notebook settings cells)."""
     return smoke if smoke_mode() else full

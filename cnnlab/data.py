@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torchvision import datasets as tv_datasets
 
-from cnnlab import cache_dir, repo_root
+from cnnlab import cache_dir, offline_mode, repo_root
 from cnnlab.device import pick_device
 from cnnlab.files import SaveError, atomic_write, why_not_written
 
@@ -197,10 +197,6 @@ def _download(spec: DatasetSpec, into: Path) -> str | None:
     return None
 
 
-def _offline() -> bool:
-    return os.environ.get("CNNLAB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def locate(
     name: str = "mnist",
     *,
@@ -219,7 +215,7 @@ def locate(
     target_dir = cache_dir() / spec.folder / "raw"
     dirs = search_dirs(name, root)
     if download is None:
-        download = not _offline()
+        download = not offline_mode()
     try:
         missing, corrupt = _fill_cache(spec, target_dir, dirs)
         if missing and download:

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnlab import cache_dir
-from cnnlab.data import ImageSet, _offline
+from cnnlab import cache_dir, offline_mode
+from cnnlab.data import ImageSet
 from cnnlab.device import eval_mode, model_device, pick_device
 from cnnlab.files import SaveError, atomic_write
 
@@ -191,7 +191,7 @@ def _torchvision_resnet(name: str) -> nn.Module:
     weights = {"resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
                "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V2}[name]
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-    if not os.path.exists(cached) and _offline():
+    if not os.path.exists(cached) and offline_mode():
         raise BackboneUnavailable(
             f"{name}'s ImageNet weights are not in {cached} and CNNLAB_OFFLINE is set, so they are not downloaded. "
             f"Unset CNNLAB_OFFLINE on a machine with internet (they are fetched once), or use BACKBONE = "

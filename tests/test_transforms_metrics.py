@@ -181,3 +181,26 @@ def test_error_rate_test_agrees_with_scipy_and_says_what_a_claim_survives():
     for bad in [(-1, 10, 0.1), (11, 10, 0.1), (1, 0, 0.1), (1, 10, 0.0), (1, 10, 1.0), (1.5, 10, 0.1)]:
         with pytest.raises(ValueError, match="error"):
             error_rate_test(*bad)
+
+
+def test_intervals_tails_and_mcnemar_agree_with_scipy():
+    """Oracles: SciPy's binomial tail, its exact (Clopper-Pearson) and Wilson intervals, and the exact
+    binomial test that McNemar's exact test is, on the counts the notebooks meet and at the edges."""
+    from scipy.stats import binom, binomtest
+
+    from cnnlab.metrics import _binom_tail_ge, accuracy_interval, mcnemar
+
+    for k, n, p in [(29, 10_000, 0.002), (0, 50, 0.3), (50, 50, 0.3), (9_929, 10_000, 0.99), (1, 1_000_000, 1e-6)]:
+        assert _binom_tail_ge(k, n, p) == pytest.approx(binom.sf(k - 1, n, p), rel=1e-9, abs=1e-300)
+    for correct, n in [(9_929, 10_000), (0, 20), (20, 20), (8_391, 10_000), (1, 3)]:
+        for method, level in [("exact", 0.95), ("wilson", 0.95), ("exact", 0.99), ("wilson", 0.9)]:
+            ci = binomtest(correct, n).proportion_ci(confidence_level=level, method=method)
+            assert accuracy_interval(correct, n, level, method) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    g = torch.Generator().manual_seed(0)
+    for only_a, only_b in [(3, 11), (0, 7), (40, 41), (0, 0)]:
+        both = torch.rand(500, generator=g) < 2  # all right on both, except the images placed below
+        a, b = both.clone(), both.clone()
+        b[:only_a] = False  # only A right
+        a[only_a:only_a + only_b] = False  # only B right
+        expected = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        assert mcnemar(a, b).p_value == pytest.approx(expected, rel=1e-9)

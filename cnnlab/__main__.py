@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="ImageNet CNNs from torchvision (random weights, nothing downloaded) counted: "
                                       "parameters, multiply-accumulates, published top-1, time per image, receptive field")
     m.add_argument("--names", nargs="+", metavar="NAME", help="torchvision model names (default: the six of notebook 08)")
-    m.add_argument("--device", default=None, help="where to time them (default: cpu)")
+    m.add_argument("--device", default="cpu", help="where to time them (default: cpu; auto: the best available)")
     m.add_argument("--no-time", action="store_true", help="skip the timing")
     m.add_argument("--no-rf", action="store_true", help="skip the receptive fields (the slowest part)")
     m.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")

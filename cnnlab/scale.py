@@ -280,14 +280,15 @@ class ModelRow:
         return asdict(self)
 
 
-def model_row(name: str, *, device: str | None = None, time_it: bool = True, receptive_field: bool = True,
+def model_row(name: str, *, device: str | None = "cpu", time_it: bool = True, receptive_field: bool = True,
               rf_input: int = 512) -> ModelRow:
     """One architecture counted: parameters, MACs per 224x224 image, published top-1, the time
-    per image on ``device`` (default: the CPU, the question being what a CPU costs), and the
+    per image on ``device`` (default: the CPU, the question being what a CPU costs; None, as
+    everywhere in cnnlab: the best available, :func:`cnnlab.device.pick_device`), and the
     measured receptive field of its last feature map (in float64, on the CPU; see
     :func:`field_probe` for the transformers)."""
     description = ARCHITECTURES.get(name, (None, name))[1]
-    dev = pick_device(device if device is not None else "cpu")
+    dev = pick_device(device)
     model = build(name)  # on the CPU: the counts and the float64 field do not depend on the device
     rf, size, note = None, rf_input, ""
     probe = field_probe(name, model) if receptive_field else None

@@ -197,3 +197,13 @@ def test_a_vit_token_sees_one_patch_then_after_one_attention_block_the_whole_ima
     table = format_models([row])
     assert "85.30% (SWAG_E2E_V1*)" in table and "* pretrained on more than ImageNet-1K" in table
     assert "first encoder block" in table.splitlines()[-1]
+
+
+def test_device_none_means_the_best_available_here_too():
+    """One meaning of device=None in cnnlab: the best available (pick_device). model_row times on
+    the CPU by default, because that is its question; None follows the rule."""
+    from cnnlab.device import pick_device
+    from cnnlab.scale import model_row
+
+    assert model_row("alexnet", time_it=False, receptive_field=False).device == "cpu"
+    assert model_row("alexnet", device=None, time_it=False, receptive_field=False).device == str(pick_device(None))

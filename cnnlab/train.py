@@ -341,6 +341,32 @@ def _check_model_and_data(model: nn.Module, train: ImageSet) -> None:
                          f"{train.name or 'the data'} has {classes} classes: build it with num_classes={classes}")
 
 
+@dataclass
+class _Run:
+    """What one ``fit`` fixes before its first batch: the loop's parts, built by :func:`_prepare`."""
+
+    model: nn.Module
+    cfg: TrainConfig
+    device: torch.device
+    amp: bool
+    train: ImageSet
+    test: ImageSet | None
+    opt: torch.optim.Optimizer
+    graphed_step: GraphedStep | None
+    schedule: Any
+    schedule_every: str
+    generator: torch.Generator
+    augment_generator: torch.Generator | None
+    history: History
+    state: LoopState
+    callbacks: list
+    losses: Tensor  # this epoch's batch losses, on the device: checked once, at its end
+
+    def run(self, event: str) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self.state)
+
+
 def fit(
     model: nn.Module,
     train_set: ImageSet,
@@ -364,6 +390,41 @@ def fit(
     schedule scales each group's peak).
     """
     cfg = make_config(**settings)
+    benchmark = torch.backends.cudnn.benchmark  # cuDNN picks its fastest kernels for a CUDA run; restored after
+    torch.backends.cudnn.benchmark = benchmark or pick_device(cfg.device).type == "cuda"
+    try:
+        return _fit(_prepare(model, train_set, test_set, cfg, param_groups, callbacks))
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _fit(r: _Run) -> History:
+    """The loop itself: epochs until the last, a callback's stop or Ctrl-C; callbacks told at each step."""
+    cfg, history, model = r.cfg, r.history, r.model
+    bar = tqdm(total=cfg.epochs * r.state.steps_per_epoch, disable=not cfg.progress, unit="batch", dynamic_ncols=True)
+    # On a GPU other than the current one (cuda:1), kernels, streams and timings follow the model.
+    on_device = torch.cuda.device(r.device) if r.device.type == "cuda" else contextlib.nullcontext()
+    try:
+        with on_device, _graceful_interrupt() as interrupted:
+            r.run("before_fit")
+            for epoch in range(cfg.epochs):
+                _epoch(r, epoch, bar, interrupted)
+                r.run("after_epoch")
+    except (StopTraining, KeyboardInterrupt) as stop:
+        history.stopped = "callback" if isinstance(stop, StopTraining) else "interrupt"
+        _check_losses(r.losses, r.state.epoch, cfg, r.state.steps_per_epoch, history)  # a stop must not hide a NaN
+    finally:  # after_fit runs even when training fails, so callbacks can always clean up
+        bar.close()
+        model.eval()
+        history.seconds = time.perf_counter() - r.state.started
+        r.run("after_fit")
+    return history
+
+
+def _prepare(model: nn.Module, train_set: ImageSet, test_set: ImageSet | None, cfg: TrainConfig,
+             param_groups: Sequence[dict[str, Any]] | None, callbacks: Sequence[Callback]) -> _Run:
+    """Everything ``fit`` checks and builds before training: refusals first, then the model and
+    data on the device, the optimizer (or the CUDA-graph step), the schedule and the generators."""
     groups = _param_groups(model, param_groups, cfg)
     if cfg.cuda_graph and len(groups) > 1:  # refused on every device, before anything moves
         raise ValueError("cuda_graph=True trains one parameter group at one learning rate; "
@@ -376,115 +437,90 @@ def fit(
         raise ValueError("the test set is empty: check the limit or the subset that built it, or give no test set "
                          "to train without scoring")
     seed_everything(cfg.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     amp = _use_amp(cfg, device)
-    # channels_last lets oneDNN/cuDNN pick their fastest bf16 convolution kernels.
     model.to(device)
     if amp and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # lets oneDNN/cuDNN pick their fastest bf16 convolutions
     train = train_set.to(device)
     test = test_set.to(device) if test_set is not None else None
     _check_model_and_data(model, train)
-    graphed = cfg.cuda_graph and device.type == "cuda"
-    if graphed:
+    graphed_step = None
+    if cfg.cuda_graph:
         opt = graph_optimizer(groups[0]["params"], cfg.optimizer, groups[0]["lr"], cfg.weight_decay, device)
         graphed_step = GraphedStep(model, opt, device=device, amp=amp, label_smoothing=cfg.label_smoothing)
     else:
         opt = _OPTIMIZERS[cfg.optimizer](groups, cfg, device.type == "cuda")
-        graphed_step = None
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    schedule, schedule_every = _make_schedule(opt, cfg, steps_per_epoch, cycle_momentum=not graphed)
+    schedule, schedule_every = _make_schedule(opt, cfg, steps_per_epoch, cycle_momentum=not cfg.cuda_graph)
     generator = torch.Generator().manual_seed(cfg.seed)
     augment_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1) if cfg.augment else None
     history = History(config=asdict(cfg), device=str(device), model=getattr(model, "name", type(model).__name__))
     if param_groups is not None:  # what each group trained, beside the settings
         history.config["param_groups"] = [{"parameters": sum(p.numel() for p in g["params"]), "lr": g["lr"]} for g in groups]
     state = LoopState(model, opt, cfg, history, device, steps_per_epoch, started=time.perf_counter(), amp=amp)
-    cbs = sorted(callbacks, key=lambda cb: getattr(cb, "order", 0))
+    return _Run(model, cfg, device, amp, train, test, opt, graphed_step, schedule, schedule_every, generator,
+                augment_generator, history, state, sorted(callbacks, key=lambda cb: getattr(cb, "order", 0)),
+                torch.zeros(steps_per_epoch, device=device))
 
-    def run(event: str) -> None:
-        for cb in cbs:
-            getattr(cb, event)(state)
 
-    losses = torch.zeros(steps_per_epoch, device=device)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=not cfg.progress, unit="batch", dynamic_ncols=True)
-    # On a GPU other than the current one (cuda:1), kernels, streams and timings follow the model.
-    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    try:
-        with on_device, _graceful_interrupt() as interrupted:
-            run("before_fit")
-            for epoch in range(cfg.epochs):
-                state.epoch = epoch
-                run("before_epoch")
-                model.train()
-                loss_sum = torch.zeros((), device=device)
-                correct = torch.zeros((), device=device, dtype=torch.long)
-                losses.fill_(0.0)  # this epoch's batch losses, kept on the device: checked once, at its end
-                batch_in_epoch = 0
-                t0 = time.perf_counter()
-                bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-                for xb, yb in train.batches(cfg.batch_size, shuffle=True, generator=generator):
-                    if cfg.augment:  # each image its own random move, drawn on the training device
-                        xb = _augment(xb, cfg.augment, train.background, augment_generator)
-                    if graphed_step is not None and len(yb) == cfg.batch_size:
-                        loss, logits = graphed_step(xb, yb)  # the same step as below, replayed as one CUDA graph
-                    else:
-                        with _autocast(device, amp):
-                            logits = model(xb)
-                            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                    if schedule_every == "batch":
-                        schedule.step()
-                    loss_sum += loss.detach() * len(yb)
-                    correct += (logits.argmax(1) == yb).sum()
-                    losses[batch_in_epoch] = loss.detach()  # one small copy, no host synchronisation
-                    batch_in_epoch += 1
-                    state.step += 1
-                    state.xb, state.yb, state.loss, state.logits = xb, yb, loss, logits.detach()
-                    run("after_batch")
-                    bar.update()
-                    if interrupted.is_set():
-                        raise KeyboardInterrupt
-                _check_losses(losses, epoch, cfg, steps_per_epoch, history)
-                if schedule_every == "epoch":
-                    schedule.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                seconds = time.perf_counter() - t0
-                record = {
-                    "epoch": epoch + 1,
-                    "train_loss": loss_sum.item() / len(train),
-                    "train_acc": correct.item() / len(train),
-                    "seconds": seconds,
-                    "images_per_s": len(train) / seconds,
-                    "lr": float(opt.param_groups[0]["lr"]),  # a device tensor on the CUDA-graph path
-                }
-                if test is not None:
-                    # Scored in float32, so it equals evaluate(model, test) run at any later time.
-                    score = evaluate(model, test, batch_size=cfg.eval_batch_size)
-                    record.update(test_loss=score.loss, test_acc=score.accuracy)
-                record["elapsed"] = time.perf_counter() - state.started  # since fit began: warm-up and evaluation included
-                history.epochs.append(record)
-                bar.set_postfix(
-                    loss=f"{record['train_loss']:.3f}",
-                    **({"test_acc": f"{record['test_acc']:.2%}"} if test is not None else {}),
-                )
-                run("after_epoch")
-    except StopTraining:
-        history.stopped = "callback"
-        _check_losses(losses, state.epoch, cfg, steps_per_epoch, history)  # a stop must not hide a NaN
-    except KeyboardInterrupt:
-        history.stopped = "interrupt"
-        _check_losses(losses, state.epoch, cfg, steps_per_epoch, history)
-    finally:  # after_fit runs even when training fails, so callbacks can always clean up
-        bar.close()
-        model.eval()
-        history.seconds = time.perf_counter() - state.started
-        run("after_fit")
-    return history
+def _step(r: _Run, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+    """One optimiser step on a batch (augmented first, if asked): its loss and outputs."""
+    if r.cfg.augment:  # each image its own random move, drawn on the training device
+        xb = _augment(xb, r.cfg.augment, r.train.background, r.augment_generator)
+    if r.graphed_step is not None and len(yb) == r.cfg.batch_size:
+        loss, logits = r.graphed_step(xb, yb)  # the same step as below, replayed as one CUDA graph
+    else:
+        with _autocast(r.device, r.amp):
+            logits = r.model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=r.cfg.label_smoothing)
+        r.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        r.opt.step()
+    if r.schedule_every == "batch":
+        r.schedule.step()
+    r.state.xb = xb
+    return loss, logits
+
+
+def _epoch(r: _Run, epoch: int, bar, interrupted: threading.Event) -> None:
+    """One pass over the shuffled training set, then its record in the history (scored on the test
+    set, in float32, so that it equals ``evaluate(model, test)`` at any later time)."""
+    state, cfg = r.state, r.cfg
+    state.epoch = epoch
+    r.run("before_epoch")
+    r.model.train()
+    loss_sum = torch.zeros((), device=r.device)
+    correct = torch.zeros((), device=r.device, dtype=torch.long)
+    r.losses.fill_(0.0)
+    t0 = time.perf_counter()
+    bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+    for i, (xb, yb) in enumerate(r.train.batches(cfg.batch_size, shuffle=True, generator=r.generator)):
+        loss, logits = _step(r, xb, yb)
+        loss_sum += loss.detach() * len(yb)
+        correct += (logits.argmax(1) == yb).sum()
+        r.losses[i] = loss.detach()  # one small copy, no host synchronisation
+        state.step += 1
+        state.yb, state.loss, state.logits = yb, loss, logits.detach()
+        r.run("after_batch")
+        bar.update()
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+    _check_losses(r.losses, epoch, cfg, state.steps_per_epoch, r.history)
+    if r.schedule_every == "epoch":
+        r.schedule.step()
+    if r.device.type == "cuda":
+        torch.cuda.synchronize(r.device)
+    seconds = time.perf_counter() - t0
+    record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / len(r.train), "train_acc": correct.item() / len(r.train),
+              "seconds": seconds, "images_per_s": len(r.train) / seconds,
+              "lr": float(r.opt.param_groups[0]["lr"])}  # a device tensor on the CUDA-graph path
+    if r.test is not None:
+        score = evaluate(r.model, r.test, batch_size=cfg.eval_batch_size)
+        record.update(test_loss=score.loss, test_acc=score.accuracy)
+    record["elapsed"] = time.perf_counter() - state.started  # since fit began: warm-up and evaluation included
+    r.history.epochs.append(record)
+    bar.set_postfix(loss=f"{record['train_loss']:.3f}",
+                    **({"test_acc": f"{record['test_acc']:.2%}"} if r.test is not None else {}))
 
 
 class Score(NamedTuple):

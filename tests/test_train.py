@@ -406,3 +406,19 @@ def test_an_ensemble_averages_its_members_probabilities(mnist_small):
     assert torch.allclose(p, manual) and torch.allclose(p.sum(1), torch.ones(50))
     with pytest.raises(ValueError, match="at least one model"):
         predict_ensemble([], data)
+
+
+def test_fit_leaves_cudnn_benchmark_as_it_found_it(mnist_small):
+    """fit turns cuDNN's kernel search on for a CUDA run and restores the global setting after,
+    also when it refuses the run (on the CPU it never touches it)."""
+    train, test = mnist_small
+    saved = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        fit(LinearClassifier(), train.subset(range(64)), test.subset(range(64)), epochs=1, progress=False)
+        assert torch.backends.cudnn.benchmark is False
+        with pytest.raises(ValueError, match="the test set is empty"):
+            fit(LinearClassifier(), train.subset(range(64)), test.subset([]), epochs=1, progress=False)
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = saved

@@ -101,7 +101,7 @@ def _bench(log: _Log, device: str, limit: int | None) -> dict:
 def prepare(folder: Path, python: str = "3.12") -> int:
     """Fill ``folder`` with what a bare CUDA machine needs for the check: the notebook stack as
     wheels for its ``python`` (``folder/whl``, from PyPI) and MNIST's four archives as cnnlab
-    finds them here (``folder/data/MNIST/raw``). Carry the folder; the README says how to use it."""
+    finds them here (``folder/data/MNIST/raw``). Carry the folder; docs/gpu.md says how to use it."""
     from cnnlab import data
 
     wheels, raw = folder / "whl", folder / "data" / "MNIST" / "raw"
@@ -211,7 +211,7 @@ def _check(args, device, out: Path, log: _Log, info: dict) -> int:
 
     if not args.skip_notebooks:
         if info["missing"]:
-            log(f"notebooks: skipped, missing {', '.join(info['missing'])} (the README's 'Running on a GPU' says what to carry)")
+            log(f"notebooks: skipped, missing {', '.join(info['missing'])} (docs/gpu.md says what to carry)")
             ok = False
         else:
             paths = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))

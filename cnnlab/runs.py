@@ -50,7 +50,7 @@ SERIES_SETTINGS: dict[str, dict] = {
     # Notebook 06: the MLP as large as the small CNN, and the ladder's rungs (see LADDER). The
     # modern CNN's rungs train 3 epochs each (5 of them with the ensemble's two extra seeds), the
     # most notebook 06 affords on a 2-core CPU (about 55 s an epoch there on 2026-12-03, 27 s on
-    # 2026-11-27: the README's figures); an exercise there trains longer.
+    # 2026-11-27: docs/performance.md); an exercise there trains longer.
     "mlp-wide": {"epochs": 10},
     "small-cnn-bn": {"epochs": 5},
     "modern-cnn-plain": {"epochs": 3},

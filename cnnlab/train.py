@@ -228,7 +228,7 @@ def cpu_has_bf16() -> bool:
 
 
 def _use_amp(cfg: TrainConfig, device: torch.device) -> bool:
-    # bf16 autocast keeps MNIST accuracy (measured: README, "Performance") and roughly halves
+    # bf16 autocast keeps MNIST accuracy (measured: docs/performance.md) and roughly halves
     # CPU time where the hardware has bf16 units; elsewhere it would be slower, so it is off.
     if cfg.amp == "auto":
         if device.type == "cuda":

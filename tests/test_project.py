@@ -268,3 +268,15 @@ def test_the_run_check_fails_stale_runs_of_either_kind(monkeypatch):
         assert problems and what in problems[0], (what, problems)
     twice = [fashion, fashion[:2] + ("fashion-probe-0123456789-0000000000.pt",) + fashion[3:]]
     assert any("2 different files" in p for p in stale_runs(twice, {"09": {"0123456789"}}))
+
+
+def test_every_page_the_readme_links_to_exists_and_every_module_is_described():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\((docs/[\w./-]+)\)", readme)
+    assert {"docs/api.md", "docs/gpu.md", "docs/performance.md", "docs/reliability.md", "docs/testing.md"} <= set(links)
+    missing = [link for link in links if not (ROOT / link).is_file()]
+    assert not missing, f"the README links to pages that are not there: {missing}"
+    api = (ROOT / "docs" / "api.md").read_text()
+    undescribed = [p.stem for p in sorted((ROOT / "cnnlab").glob("*.py"))
+                   if not p.stem.startswith("_") and f"`cnnlab.{p.stem}`" not in api]
+    assert not undescribed, f"docs/api.md does not describe: {undescribed}"

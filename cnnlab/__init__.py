@@ -16,12 +16,16 @@ SMOKE_ENV = "CNNLAB_SMOKE"
 
 def smoke_mode() -> bool:
     """True when ``CNNLAB_SMOKE`` is set to 1/true/yes: notebooks shrink data and epochs."""
-    return os.environ.get(SMOKE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return _flag(SMOKE_ENV)
 
 
 def offline_mode() -> bool:
     """True when ``CNNLAB_OFFLINE`` is set to 1/true/yes: nothing is downloaded (datasets, weights)."""
-    return os.environ.get("CNNLAB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return _flag("CNNLAB_OFFLINE")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def full_or_smoke(full: T, smoke: T) -> T:

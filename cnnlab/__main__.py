@@ -85,9 +85,9 @@ def _train(args) -> int:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     make_config(**settings)  # bad settings are refused before any data is read
-    if args.cuda_graph and pick_device(args.device).type != "cuda":
+    if args.cuda_graph and (device := pick_device(args.device)).type != "cuda":  # fit refuses it too, after loading
         raise ValueError(f"--cuda-graph replays each training step as a CUDA graph, which needs a CUDA device; "
-                         f"this run would train on {pick_device(args.device)}: leave it off")
+                         f"this run would train on {device}: leave it off")
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
     _check_limits(args)

@@ -57,7 +57,7 @@ def why_not_written(err: BaseException, *, full: bool = False) -> str:
     if full:
         torch_words = re.search(r"unexpected pos \d+ vs \d+", text)
         return "the disk is full" + (f" (torch: {torch_words.group(0)})" if torch_words else "")
-    if "unexpected pos" in text or "PytorchStreamWriter" in text or "file write failed" in text:
+    if any(w in text for w in _TORCH_WRITE_FAILURES):
         return "the disk is full, or the file could not be written to the end (torch: " + text[:120] + ")"
     return text[:200]
 
@@ -69,9 +69,12 @@ def _free_bytes(folder: Path) -> int:
         return 1 << 62
 
 
+#: How torch.save words a write that failed (a full disk, most often): it raises a RuntimeError.
+_TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter", "file write failed")
+
+
 def _is_write_failure(err: BaseException) -> bool:
-    return isinstance(err, OSError) or (isinstance(err, RuntimeError) and any(
-        w in str(err) for w in ("unexpected pos", "PytorchStreamWriter", "file write failed")))
+    return isinstance(err, OSError) or (isinstance(err, RuntimeError) and any(w in str(err) for w in _TORCH_WRITE_FAILURES))
 
 
 def _alive(pid: int) -> bool:

@@ -231,18 +231,18 @@ def _still_the_saved_run(model: nn.Module, metrics: dict, eval_set: ImageSet) ->
     recorded = metrics.get("test_acc", float("nan"))
     if not isinstance(recorded, (int, float)) or isinstance(recorded, bool) or not 0 <= recorded <= 1:
         return False, f"has a damaged record (its test accuracy is {recorded!r}, not a number from 0 to 1)"
-    probe = _probe(eval_set)
-    answers = _answers(model, probe)
-    now = float((answers == probe.y.cpu()).float().mean())
-    kind = scored_on(eval_set)
-    images = (f"{len(probe):,} of these {len(eval_set):,} {kind} images" if len(probe) < len(eval_set)
-              else f"these {len(eval_set):,} {kind} images")
     kept = metrics.get("probe")
     if kept is not None and not (isinstance(kept, dict) and isinstance(kept.get("images"), str)
                                  and isinstance(kept.get("answers"), list)
                                  and all(isinstance(a, int) and not isinstance(a, bool) for a in kept["answers"])):
         return False, "has a damaged record (its answers to the probe images are not a list of classes)"
     kept = kept or {}
+    probe = _probe(eval_set)
+    answers = _answers(model, probe)
+    now = float((answers == probe.y.cpu()).float().mean())
+    kind = scored_on(eval_set)
+    images = (f"{len(probe):,} of these {len(eval_set):,} {kind} images" if len(probe) < len(eval_set)
+              else f"these {len(eval_set):,} {kind} images")
     if kept.get("images") == _fingerprint(probe) and len(kept.get("answers", ())) == len(probe):
         same = float((answers == torch.as_tensor(kept["answers"])).float().mean())
         return same >= 0.98, f"recorded {recorded:.2%} but scores {now:.2%} on {images}: {1 - same:.1%} of its answers changed"

@@ -80,6 +80,7 @@ class TrainConfig:
         def one_of(v, options) -> bool:
             return isinstance(v, str) and v in options
 
+        augment = augment_problem(self.augment) if self.augment is not None else None
         rules = {  # setting: (whether it is good, what a good one is)
             "epochs": (whole(self.epochs, 0), "a whole number >= 0"),
             "batch_size": (whole(self.batch_size, 1), "a whole number >= 1"),
@@ -91,8 +92,7 @@ class TrainConfig:
             "schedule": (one_of(self.schedule, ("onecycle", "constant", "step")), "onecycle | constant | step"),
             "amp": (one_of(self.amp, ("auto", "bf16", "off")), "auto | bf16 | off"),
             "label_smoothing": (real(self.label_smoothing) and 0 <= self.label_smoothing < 1, "from 0 to below 1"),
-            "augment": (self.augment is None or augment_problem(self.augment) is None,
-                        augment_problem(self.augment) if self.augment is not None else ""),
+            "augment": (augment is None, augment),
             "progress": (isinstance(self.progress, bool), "True or False"),
             "cuda_graph": (isinstance(self.cuda_graph, bool) and (not self.cuda_graph or self.optimizer in ("adam", "adamw")),
                            "True or False; cuda_graph needs adam or adamw"),

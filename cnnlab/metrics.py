@@ -89,13 +89,15 @@ def accuracy_under_shift(
     Returns ``{direction: [accuracy at each shift]}``; the background fills what is uncovered.
     """
     shifts = list(shifts)
-    curves = {}
-    for direction in directions:
-        ux, uy = DIRECTIONS[direction]
-        curves[direction] = [
-            evaluate(model, data.with_images(shift_images(data.x, ux * s, uy * s, data.background))).accuracy for s in shifts
-        ]
-    return curves
+    scored: dict[tuple[int, int], float] = {}  # each move scored once: a 0-px move is the same in every direction
+
+    def accuracy(dx: int, dy: int) -> float:
+        if (dx, dy) not in scored:
+            scored[dx, dy] = evaluate(model, data.with_images(shift_images(data.x, dx, dy, data.background))).accuracy
+        return scored[dx, dy]
+
+    return {direction: [accuracy(DIRECTIONS[direction][0] * s, DIRECTIONS[direction][1] * s) for s in shifts]
+            for direction in directions}
 
 
 # ----- reading an accuracy ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from torch import Tensor
 from cnnlab.data import ImageSet
 from cnnlab.metrics import accuracy_interval, errors_per_million, mcnemar
 from cnnlab.models import count_parameters
-from cnnlab.runs import ENSEMBLE_SEEDS, load_series_run
+from cnnlab.runs import COMMITTEE, load_series_run
 from cnnlab.train import predict, predict_ensemble
 
 __all__ = ["Row", "compare", "format_rows", "SOURCE_TABLE", "Report", "series_report"]
@@ -141,29 +141,31 @@ class Report:
         return format_rows(self.rows, source=True)
 
 
-def report_runs(seeds: Sequence[int] = ENSEMBLE_SEEDS) -> list[tuple[str, int]]:
+def report_runs(members: Sequence[tuple[str, int]] = COMMITTEE) -> list[tuple[str, int]]:
     """The saved runs (name, seed) that :func:`series_report` loads, in its order."""
-    return [(name, 0) for name, *_ in SOURCE_TABLE] + [("modern-cnn", seed) for seed in seeds]
+    return [(name, 0) for name, *_ in SOURCE_TABLE] + [tuple(m) for m in members]
 
 
 def series_report(train_set: ImageSet, test_set: ImageSet, *, device: str | None = None,
-                  seeds: Sequence[int] = ENSEMBLE_SEEDS) -> Report:
+                  members: Sequence[tuple[str, int]] = COMMITTEE) -> Report:
     """The source's table from the series' saved runs (each trained now if missing): linear,
     MLP, small CNN and the modern CNN as the notebooks train them (seed 0), then the ensemble of
-    the modern CNNs of ``seeds`` (their probabilities averaged)."""
-    if not seeds:
-        raise ValueError("seeds: give at least one seed for the modern CNN")
+    ``members``, saved runs as (name, seed), their probabilities averaged: by default notebook
+    06's committee, the ladder's three modern CNNs (:data:`cnnlab.runs.COMMITTEE`)."""
+    members = [tuple(m) for m in members]
+    if not members:
+        raise ValueError("members: give at least one saved run (name, seed) for the ensemble")
     probs, extra, models = {}, {}, {}
     for name, label, source_error, source_reduction in SOURCE_TABLE:
         models[name], history = load_series_run(name, train_set, test_set, device=device, seed=0)
         probs[label] = predict(models[name], test_set)
         extra[label] = {"run": name, "parameters": count_parameters(models[name]), "train_seconds": history.seconds,
                         "trained_on": history.device, "source_error": source_error, "source_reduction": source_reduction}
-    members = [models["modern-cnn"] if seed == 0 else  # its row's model: loaded (and checked) once
-               load_series_run("modern-cnn", train_set, test_set, device=device, seed=seed)[0] for seed in seeds]
-    label = f"Ensemble of {len(seeds)} modern CNN{'s' if len(seeds) > 1 else ''}"
-    probs[label] = predict_ensemble(members, test_set)
-    extra[label] = {"run": "modern-cnn", "seeds": list(seeds), "parameters": sum(count_parameters(m) for m in members)}
+    committee = [models[name] if seed == 0 and name in models else  # a row's model: loaded (and checked) once
+                 load_series_run(name, train_set, test_set, device=device, seed=seed)[0] for name, seed in members]
+    label = f"Ensemble of {len(members)} modern CNN{'s' if len(members) > 1 else ''}"
+    probs[label] = predict_ensemble(committee, test_set)
+    extra[label] = {"members": [list(m) for m in members], "parameters": sum(count_parameters(m) for m in committee)}
     correct = {label: p.argmax(1) == test_set.y.cpu() for label, p in probs.items()}
     rows = [Row(**{**asdict(r), "extra": extra[r.label]}) for r in compare(correct)]
     return Report(rows, correct, probs)

@@ -193,7 +193,7 @@ def stale_runs(lines, versions: dict[str, set[str]]) -> list[str]:
     stored leave a second file behind)."""
     from dataclasses import asdict
 
-    from cnnlab.runs import ENSEMBLE_SEEDS, SERIES_MODELS, SPREAD_SEEDS, run_path, series_model, series_settings
+    from cnnlab.runs import SERIES_MODELS, SPREAD_SEEDS, run_path, series_model, series_settings
     from cnnlab.train import make_config
     from cnnlab.transfer import RUN_PREFIX
 
@@ -224,7 +224,7 @@ def stale_runs(lines, versions: dict[str, set[str]]) -> list[str]:
             continue
         expected = [run_path(name, series_model(name), FullMnist(),
                              asdict(make_config(**series_settings(name) | {"seed": seed}))).name
-                    for seed in (0, *ENSEMBLE_SEEDS, *SPREAD_SEEDS)]
+                    for seed in (0, *SPREAD_SEEDS)]
         if file not in expected:
             stale.append(f"{notebook}: {file} (today's settings name the seed-0 run {expected[0]})")
         elif scored != "test":

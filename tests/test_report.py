@@ -171,6 +171,20 @@ def test_report_trains_what_is_missing_then_loads_it(tmp_path):
         assert f"{r['errors']:>5,} / 300" in second.stdout
 
 
+def test_report_default_ensemble_is_the_ladders_committee(tmp_path):
+    """Without --seeds the report averages notebook 06's committee (the ladder's three modern CNNs),
+    so it trains nothing notebook 06 does not."""
+    env = {**os.environ, "CNNLAB_SMOKE": "1", "CNNLAB_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "cnnlab", "report", "--device", "cpu", "--limit-train", "300",
+                          "--limit-test", "200", "--json"], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    assert ("to train first: linear (seed 0, 1 epoch), mlp (seed 0, 1 epoch), small-cnn (seed 0, 1 epoch), "
+            "modern-cnn (seed 0, 1 epoch), modern-cnn-plain (seed 0, 1 epoch), modern-cnn-aug (seed 0, 1 epoch)") in out.stderr
+    last = json.loads(out.stdout.strip().splitlines()[-1])["rows"][-1]
+    assert last["label"] == "Ensemble of 3 modern CNNs"
+    assert last["extra"]["members"] == [["modern-cnn-plain", 0], ["modern-cnn-aug", 0], ["modern-cnn", 0]]
+
+
 def test_report_refuses_an_empty_ensemble(capsys):
     from cnnlab.__main__ import main
 

@@ -72,6 +72,24 @@ def test_load_or_train_saves_then_loads(isolated_cache, mnist_small, monkeypatch
     assert again.fc.weight.device == model.fc.weight.device == torch.device(history.device)
 
 
+def test_save_run_without_replace_keeps_the_run_saved_first(isolated_cache, mnist_small, capsys):
+    """A notebook that trains again each time (05) keeps the run the later notebooks loaded."""
+    from cnnlab.train import fit
+
+    train, test = mnist_small
+    first, second = LinearClassifier(), LinearClassifier()
+    history = fit(first, train, test, epochs=1, progress=False, seed=0)
+    path = runs.save_run("lin", first, history, train, eval_set=test)
+    kept = torch.load(path, weights_only=False)
+    history2 = fit(second, train, test, epochs=1, progress=False, seed=0)
+    history2.seconds = history.seconds + 99  # the same weights, another time: what a re-run of 05 gives
+    assert runs.save_run("lin", second, history2, train, eval_set=test, replace=False) == path
+    assert "saved before" in capsys.readouterr().out
+    assert torch.load(path, weights_only=False)["history"] == kept["history"]
+    runs.save_run("lin", second, history2, train, eval_set=test)  # the default replaces it
+    assert torch.load(path, weights_only=False)["history"] != kept["history"]
+
+
 def test_other_settings_or_data_mean_another_run(mnist_small):
     train, _ = mnist_small
     model = LinearClassifier()

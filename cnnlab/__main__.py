@@ -15,9 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-#: The model registry's names (``cnnlab.models.MODELS``; a test keeps the two in step), here so
-#: that ``--help`` needs no PyTorch.
+#: The model registry's names (``cnnlab.models.MODELS``; a test keeps them in step, as the
+#: choices below), here so that ``--help`` needs no PyTorch.
 MODEL_NAMES = ("linear", "mlp", "small-cnn", "modern-cnn", "conv-stack", "lenet5", "deep-stack")
+#: The same for training's choices (``cnnlab.train``) and the datasets (``cnnlab.data.DATASETS``).
+OPTIMIZER_NAMES = ("adam", "adamw", "sgd", "adadelta")
+AMP_MODES = ("auto", "bf16", "off")
+DATASET_NAMES = ("mnist", "fashion-mnist")
 
 
 def _doctor(args) -> int:
@@ -256,14 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and report test accuracy")
     t.add_argument("--model", choices=MODEL_NAMES, default="small-cnn")
-    t.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    t.add_argument("--dataset", choices=DATASET_NAMES, default="mnist")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--limit-train", type=int, default=None, metavar="N", help="a stratified subset of N train images")
     t.add_argument("--limit-test", type=int, default=None, metavar="N", help="a stratified subset of N test images")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
     t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adadelta"], default=None)
-    t.add_argument("--amp", choices=["auto", "bf16", "off"], default=None, help="bf16 mixed precision")
+    t.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=None)
+    t.add_argument("--amp", choices=AMP_MODES, default=None, help="bf16 mixed precision")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     t.add_argument("--cuda-graph", action="store_true", help="on CUDA: replay each training step as one CUDA graph")
     t.add_argument("--seed", type=int, default=0)

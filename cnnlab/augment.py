@@ -10,17 +10,23 @@ shift, rotation and scale, on whatever device the batch is on, with no per-image
 The conventions are :func:`cnnlab.transforms.transform_digit`'s (and torchvision's): ``dx``
 right, ``dy`` down, in pixels; ``angle`` in degrees clockwise about the image centre; ``scale``
 > 1 enlarges. A test checks :func:`affine` against torchvision's ``affine``, image by image.
+
+Training's ``augment`` setting is :class:`Augment` (checked when built) or its dict form:
+``fit(model, train_set, augment=Augment(shift=2, rotate=10, scale=(0.9, 1.1)))`` trains as
+``augment={"shift": 2, "rotate": 10, "scale": (0.9, 1.1)}`` does.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["affine", "random_affine", "augment_examples", "AffineParams", "AUGMENT_RANGES", "augment_problem"]
+__all__ = ["affine", "random_affine", "augment_examples", "AffineParams", "AUGMENT_RANGES", "augment_problem", "Augment"]
 
 AffineParams = dict[str, Tensor]  # "dx", "dy", "angle", "scale": one value per image, (B,)
 
@@ -31,10 +37,13 @@ AUGMENT_RANGES: dict[str, tuple[float, float]] = {"shift": (0, 8), "rotate": (0,
 
 
 def augment_problem(settings) -> str | None:
-    """What is wrong with a training ``augment`` dict (e.g. ``{"shift": 2, "rotate": 10,
-    "scale": (0.9, 1.1)}``), in words, or None if nothing is."""
+    """What is wrong with a training ``augment`` setting (a dict such as ``{"shift": 2, "rotate": 10,
+    "scale": (0.9, 1.1)}``, or an :class:`Augment`), in words, or None if nothing is."""
+    if isinstance(settings, Augment):
+        settings = settings.to_dict()
     if not isinstance(settings, dict):
-        return f"augment takes shift, rotate and scale in a dict, e.g. {{'shift': 2}}, got {type(settings).__name__}"
+        return ("augment takes shift, rotate and scale in a dict or an Augment, e.g. {'shift': 2} or "
+                f"Augment(shift=2), got {type(settings).__name__}")
     unknown = sorted(map(str, set(settings) - set(AUGMENT_RANGES)))
     if unknown:
         return f"augment takes shift, rotate and scale, not {', '.join(unknown)}"
@@ -55,6 +64,54 @@ def augment_problem(settings) -> str | None:
             return (f"augment's scale must be a range (low, high) with {low} <= low <= high <= {high}, "
                     f"e.g. (0.9, 1.1), got {v!r}")
     return None
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training's augmentation, checked when it is built (:data:`AUGMENT_RANGES`): each image
+    moved up to ``shift`` pixels per axis, turned up to ``rotate`` degrees either way and scaled
+    by a factor drawn from ``scale`` (low, high). The defaults leave an image as it is.
+
+        fit(model, train_set, augment=Augment(shift=2, rotate=10, scale=(0.9, 1.1)))
+
+    The same as ``augment={"shift": 2, "rotate": 10, "scale": (0.9, 1.1)}``: a
+    :class:`~cnnlab.train.TrainConfig` keeps it as that dict (:meth:`to_dict`), so a saved run's
+    name does not depend on which of the two was given. Values are kept as given (``rotate=10``
+    stays the int 10), a list ``scale`` becomes a tuple."""
+
+    shift: float = 0.0
+    rotate: float = 0.0
+    scale: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self):
+        problem = augment_problem({f.name: getattr(self, f.name) for f in fields(self)})
+        if problem is not None:
+            raise ValueError(problem)
+        object.__setattr__(self, "scale", tuple(self.scale))
+
+    @classmethod
+    def from_value(cls, value: Augment | dict[str, Any] | None) -> Augment | None:
+        """``value`` as an Augment: an Augment as it is, a dict of its fields (the form of
+        training's ``augment`` setting, of notebooks and of saved runs' configs) checked and
+        built, None (no augmentation) as None. Anything else, or a bad field, is refused with a
+        ValueError that says what is wrong and what is allowed."""
+        if value is None or isinstance(value, cls):
+            return value
+        problem = augment_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return cls(**value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict form of training's ``augment`` setting: the fields that differ from their
+        defaults, ``scale`` as a list, e.g. ``{"shift": 2, "rotate": 10, "scale": [0.9, 1.1]}``
+        (:data:`cnnlab.runs.AUGMENT`); ``Augment(shift=2)`` gives ``{"shift": 2}``."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v != f.default:
+                out[f.name] = list(v) if f.name == "scale" else v
+        return out
 
 
 def affine(x: Tensor, dx: Tensor, dy: Tensor, angle: Tensor, scale: Tensor, fill: float = 0.0) -> Tensor:

@@ -28,13 +28,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from cnnlab.augment import augment_problem, random_affine
+from cnnlab.augment import Augment, augment_problem, random_affine
 from cnnlab.cuda_graph import GraphedStep, graph_optimizer
 from cnnlab.data import ImageSet
 from cnnlab.device import eval_mode, model_device, pick_device
 
 __all__ = [
     "TrainConfig",
+    "SCHEDULES",
+    "AMP_MODES",
     "History",
     "LoopState",
     "Callback",
@@ -61,8 +63,10 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle | constant | step (x0.7 each epoch, as pytorch/examples)
     label_smoothing: float = 0.0
     # Each training batch moved, rotated and scaled image by image (cnnlab.augment.random_affine),
-    # e.g. {"shift": 2, "rotate": 10, "scale": (0.9, 1.1)}; None: the images as they are.
-    augment: dict[str, Any] | None = None
+    # e.g. {"shift": 2, "rotate": 10, "scale": (0.9, 1.1)} or cnnlab.augment.Augment(shift=2, ...),
+    # kept as a dict (an Augment as its to_dict(), so saved runs' names do not depend on which was
+    # given); None: the images as they are.
+    augment: dict[str, Any] | Augment | None = None
     device: str | None = None  # None: cuda, then mps, then cpu
     amp: str = "auto"  # auto | bf16 | off; auto: bf16 on CUDA and on CPUs with bf16 units
     seed: int = 0
@@ -80,6 +84,8 @@ class TrainConfig:
         def one_of(v, options) -> bool:
             return isinstance(v, str) and v in options
 
+        if isinstance(self.augment, Augment):  # already checked when it was built
+            self.augment = self.augment.to_dict()
         augment = augment_problem(self.augment) if self.augment is not None else None
         rules = {  # setting: (whether it is good, what a good one is)
             "epochs": (whole(self.epochs, 0), "a whole number >= 0"),
@@ -90,8 +96,8 @@ class TrainConfig:
             "weight_decay": (real(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
             "seed": (whole(self.seed, 0, 2**64 - 1), "a whole number from 0 to 2**64 - 1"),
             "optimizer": (one_of(self.optimizer, _OPTIMIZERS), " | ".join(_OPTIMIZERS)),
-            "schedule": (one_of(self.schedule, ("onecycle", "constant", "step")), "onecycle | constant | step"),
-            "amp": (one_of(self.amp, ("auto", "bf16", "off")), "auto | bf16 | off"),
+            "schedule": (one_of(self.schedule, SCHEDULES), " | ".join(SCHEDULES)),
+            "amp": (one_of(self.amp, AMP_MODES), " | ".join(AMP_MODES)),
             "label_smoothing": (real(self.label_smoothing) and 0 <= self.label_smoothing < 1, "from 0 to below 1"),
             "augment": (augment is None, augment),
             "progress": (isinstance(self.progress, bool), "True or False"),
@@ -106,6 +112,10 @@ class TrainConfig:
         if bad:
             raise ValueError("invalid training setting(s): " + "; ".join(bad))
 
+
+#: The learning-rate schedules and mixed-precision modes TrainConfig takes (the optimizers are _OPTIMIZERS' keys).
+SCHEDULES = ("onecycle", "constant", "step")
+AMP_MODES = ("auto", "bf16", "off")
 
 _OPTIMIZERS = {  # fused: one kernel per step for all parameters, where the device has it (CUDA)
     "adam": lambda p, c, fused: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay, fused=fused or None),
@@ -306,8 +316,8 @@ def _graceful_interrupt():
 
 
 def _augment(xb: Tensor, settings: dict[str, Any], fill: float, generator: torch.Generator) -> Tensor:
-    return random_affine(xb, max_shift=settings.get("shift", 0.0), max_rotate=settings.get("rotate", 0.0),
-                         scale=tuple(settings.get("scale", (1.0, 1.0))), fill=fill, generator=generator)
+    a = Augment.from_value(settings)  # the config's dict; Augment's defaults for what it leaves out
+    return random_affine(xb, max_shift=a.shift, max_rotate=a.rotate, scale=a.scale, fill=fill, generator=generator)
 
 
 def _check_losses(losses: Tensor, epoch: int, cfg: TrainConfig, steps_per_epoch: int, history: History) -> None:

@@ -1,4 +1,4 @@
-"""Pictures. Each function draws what it is given on ``ax`` (or a new figure) and returns it."""
+"""Pictures. Each function draws what it is given on ``ax`` or ``axes`` (or a new figure) and returns it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -55,18 +56,29 @@ def show_images(
     size: float = 1.2,
     ink: str = "dark",
     colorbar: bool = False,
+    axes: Sequence[Axes] | None = None,
 ) -> Figure:
-    """A grid of the images at ``index`` with their labels (or ``titles``).
+    """A grid of the images at ``index`` with their labels (or ``titles``); returns its figure.
 
     One-channel images are drawn with high values dark (``ink="dark"``, the series' digits as
     ink on paper) or as stored, high values light (``ink="light"``: 0 black, 1 white, what a
-    network fed these pixels receives). ``colorbar`` adds the grey scale, labelled."""
+    network fed these pixels receives). ``colorbar`` adds the grey scale, labelled.
+
+    ``axes``: draw into these instead of a new figure (a sequence or an array of Axes, at least
+    one per image, filled in order, all framed off as here) and return their figure, its layout
+    left to the caller (``ncols`` and ``size`` are then unused; the colorbar takes its room from
+    these axes)."""
     if ink not in ("dark", "light"):
         raise ValueError(f"ink must be 'dark' (high values dark) or 'light' (as stored: 1 is white), got {ink!r}")
     index = list(index)
-    nrows = max(1, math.ceil(len(index) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size + (0.9 if colorbar else 0), nrows * size * 1.15),
-                             squeeze=False)
+    made = axes is None
+    if made:
+        nrows = max(1, math.ceil(len(index) / ncols))
+        fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size + (0.9 if colorbar else 0), nrows * size * 1.15),
+                                 squeeze=False)
+    else:
+        axes = _given_axes("show_images", axes, len(index), "one per image")
+        fig = axes.flat[0].figure
     for ax in axes.flat:
         ax.axis("off")
     im = None
@@ -76,7 +88,8 @@ def show_images(
         im = ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap=cmap, vmin=0, vmax=1)
         label = titles[k] if titles is not None else data.classes[int(data.y[i])]
         ax.set_title(label, fontsize=8)
-    fig.tight_layout()
+    if made:
+        fig.tight_layout()
     if colorbar and im is not None:
         cb = fig.colorbar(im, ax=axes, shrink=0.8, pad=0.02, fraction=0.03)
         cb.set_label("pixel value (0-1)", fontsize=8)
@@ -90,9 +103,15 @@ def show_weights_as_templates(
     *,
     image_shape: tuple[int, int] = (28, 28),
     size: float = 1.5,
+    axes: Sequence[Axes] | None = None,
 ) -> Figure:
     """Each class's row of a linear layer's weights drawn as an image: red pixels vote for the
-    class, blue ones against it (one colour scale for all, centred on zero)."""
+    class, blue ones against it (one colour scale for all, centred on zero, in a colorbar).
+    Returns the figure.
+
+    ``axes``: draw into these instead of a new figure (a sequence or an array of Axes, at least
+    one per class, filled in order, all framed off as here) and return their figure (``size`` is
+    then unused; the colorbar takes its room from these axes)."""
     if isinstance(model_or_weight, nn.Module):
         linear = [m for m in model_or_weight.modules() if isinstance(m, nn.Linear)][0]
         weight = linear.weight
@@ -100,9 +119,13 @@ def show_weights_as_templates(
         weight = model_or_weight
     weight = weight.detach().float().cpu()
     limit = weight.abs().quantile(0.995).item()  # a few extreme weights would wash out the rest
-    ncols = min(5, len(classes))
-    nrows = math.ceil(len(classes) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.1), squeeze=False)
+    if axes is None:
+        ncols = min(5, len(classes))
+        nrows = math.ceil(len(classes) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.1), squeeze=False)
+    else:
+        axes = _given_axes("show_weights_as_templates", axes, len(classes), "one per class")
+        fig = axes.flat[0].figure
     for ax in axes.flat:
         ax.axis("off")
     for ax, w, name in zip(axes.flat, weight, classes):
@@ -303,15 +326,21 @@ class PredictionPanel:
         return [*self.axes[0].images, *(a for ax in self.axes[1 : 1 + n] for a in (*ax.patches, ax.title))]
 
 
-def show_mistakes(data: ImageSet, probs: Tensor, *, k: int = 16, ncols: int = 8) -> Figure:
-    """The ``k`` most confident mistakes, titled ``true→predicted probability``."""
+def show_mistakes(data: ImageSet, probs: Tensor, *, k: int = 16, ncols: int = 8,
+                  axes: Sequence[Axes] | None = None) -> Figure:
+    """The ``k`` most confident mistakes, titled ``true→predicted probability``; returns the figure.
+    ``axes``: draw into these instead of a new figure, one per mistake drawn (``k``, or fewer where
+    there are fewer mistakes), as :func:`show_images` does."""
     from cnnlab.metrics import most_confident_mistakes
 
     probs = probs.detach().float().cpu()
     index = most_confident_mistakes(probs, data.y, k)
+    if axes is not None:
+        found = f": {len(index)} found, {k} asked for" if len(index) < k else ""
+        axes = _given_axes("show_mistakes", axes, len(index), f"one per mistake drawn{found}")
     short = [c.split(" - ")[0] for c in data.classes]
     titles = [f"{short[int(data.y[i])]}→{short[int(probs[i].argmax())]} {float(probs[i].max()):.0%}" for i in index]
-    return show_images(data, index.tolist(), titles=titles, ncols=ncols)
+    return show_images(data, index.tolist(), titles=titles, ncols=ncols, axes=axes)
 
 
 def show_convolution(image: Tensor, kernel: Tensor, fmap: Tensor, *, axes: Sequence[Axes] | None = None) -> Figure:
@@ -382,12 +411,26 @@ def show_receptive_field(
     return fig
 
 
-def show_maps(maps: Mapping[str, Tensor], *, size: float = 2.6, label: str = "value") -> Figure:
+def show_maps(maps: Mapping[str, Tensor], *, size: float = 2.6, label: str = "value",
+              axes: Sequence[Axes] | None = None) -> Figure:
     """2-D maps side by side, each titled with its name and shape (e.g. a feature map before and
     after pooling), each with a colorbar labelled ``label``. Maps with negative values get a
-    diverging scale centred on zero; a map that is zero everywhere says so in its title."""
-    fig, axes = plt.subplots(1, len(maps), figsize=(size * len(maps), size * 1.1), squeeze=False)
-    for ax, (name, m) in zip(axes[0], maps.items()):
+    diverging scale centred on zero; a map that is zero everywhere says so in its title. Returns
+    the figure.
+
+    ``axes``: draw into these instead of a new figure (a sequence or an array of Axes, at least
+    one per map, filled in order; any left over are turned off) and return their figure, its
+    layout left to the caller (``size`` is then unused; each colorbar takes its room from its
+    map's axes)."""
+    made = axes is None
+    if made:
+        fig, axes = plt.subplots(1, len(maps), figsize=(size * len(maps), size * 1.1), squeeze=False)
+    else:
+        axes = _given_axes("show_maps", axes, len(maps), "one per map")
+        fig = axes.flat[0].figure
+        for ax in axes.flat[len(maps):]:
+            ax.axis("off")
+    for ax, (name, m) in zip(axes.flat, maps.items()):
         m = m.detach().float().cpu()
         peak = float(m.abs().max())
         if m.min() < 0:
@@ -398,7 +441,8 @@ def show_maps(maps: Mapping[str, Tensor], *, size: float = 2.6, label: str = "va
         ax.set_title(f"{name}\n{tuple(m.shape)}" + ("; all 0" if peak == 0 else ""), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
+    if made:
+        fig.tight_layout()
     return fig
 
 
@@ -458,6 +502,15 @@ def add_colorbar(ax: Axes, mappable, label: str = "", *, ticks: Sequence[float] 
     if label:
         cb.set_label(label, fontsize=7, labelpad=2)
     return cb
+
+
+def _given_axes(function: str, axes: Sequence[Axes], need: int, what: str) -> np.ndarray:
+    """``axes`` given to ``function`` (a sequence or an array of Axes, any shape) as an array, refused
+    unless it holds ``need`` of them (``what`` says why) and one at least: its figure is drawn in."""
+    given = np.asarray(axes, dtype=object)
+    if given.size < max(need, 1):
+        raise ValueError(f"{function} needs {max(need, 1)} axes ({what}), got {given.size}")
+    return given
 
 
 #: colour maps for tiled grids: the NaN gaps between tiles light grey, so that tiles near zero keep their edges
@@ -627,19 +680,39 @@ def plot_error_ladder(rows: Sequence, *, ax: Axes | None = None, title: str = ""
 
 
 def show_guesses(images: Sequence[Tensor] | Tensor, guesses: Sequence[Sequence[tuple[str, float]]], *,
-                 titles: Sequence[str] | None = None, size: float = 2.6, ncols: int | None = None) -> Figure:
+                 titles: Sequence[str] | None = None, size: float = 2.6, ncols: int | None = None,
+                 axes: Sequence[Axes] | None = None) -> Figure:
     """Photos ((C, H, W) in [0, 1], any device) above a bar chart of each one's top guesses
-    (from :func:`cnnlab.transfer.top5`): probability on a shared 0-1 axis. ``ncols``: photos per
-    row (default: all in one row); more photos wrap onto further rows."""
+    (from :func:`cnnlab.transfer.top5`): probability on a shared 0-1 axis; returns the figure.
+    ``ncols``: photos per row (default: all in one row); more photos wrap onto further rows.
+
+    ``axes``: draw into these instead of a new figure and return their figure, its layout left
+    to the caller (``size`` is then unused). They are the grid made here, ``2 * rows`` by
+    ``ncols``, each row of photos above a row of their charts: a 2-D array (whose width is
+    ``ncols`` unless that is given; e.g. ``plt.subplots(2, 3)[1]`` for 3 photos in a row), or a
+    flat sequence of that grid row by row. Those not drawn in are turned off."""
     n = len(guesses)
     if len(images) != n or (titles is not None and len(titles) != n) or n == 0:
         raise ValueError(f"need one image (and one title) per guess list: got {len(images)} images, {n} guess lists"
                          + (f", {len(titles)} titles" if titles is not None else ""))
+    given = None if axes is None else _given_axes("show_guesses", axes, 2 * n, "a photo and its chart for each guess list")
+    if ncols is None and given is not None and given.ndim == 2:
+        ncols = given.shape[1]
     ncols = n if ncols is None else max(1, min(ncols, n))
     rows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(2 * rows, ncols, figsize=(ncols * size, 2 * rows * size), squeeze=False,
-                             gridspec_kw={"height_ratios": [1.3, 1] * rows})
-    for ax in axes.flat:
+    if given is None:
+        fig, axes = plt.subplots(2 * rows, ncols, figsize=(ncols * size, 2 * rows * size), squeeze=False,
+                                 gridspec_kw={"height_ratios": [1.3, 1] * rows})
+    else:
+        axes = given if given.ndim == 2 else given.ravel()
+        if axes.ndim == 1 and axes.size >= 2 * rows * ncols:
+            axes = axes[: 2 * rows * ncols].reshape(2 * rows, ncols)
+        if axes.ndim != 2 or axes.shape[0] < 2 * rows or axes.shape[1] < ncols:
+            raise ValueError(f"show_guesses needs {2 * rows * ncols} axes ({2 * rows} rows of {ncols}: each row of "
+                             f"photos above a row of their charts, for {n} guess lists), got {given.size}"
+                             + (f" as a {given.shape[0]}x{given.shape[1]} grid" if given.ndim == 2 else ""))
+        fig = axes[0, 0].figure
+    for ax in axes.flat if given is None else given.flat:
         ax.axis("off")
     for k in range(n):
         r, c = divmod(k, ncols)
@@ -657,7 +730,8 @@ def show_guesses(images: Sequence[Tensor] | Tensor, guesses: Sequence[Sequence[t
         ax.set_xlim(0, 1)
         ax.set_xlabel("probability", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
+    if given is None:
+        fig.tight_layout()
     return fig
 
 

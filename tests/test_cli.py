@@ -196,11 +196,22 @@ def test_help_and_argument_errors_answer_before_pytorch_loads():
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
 
 
-def test_the_command_line_knows_every_model():
-    from cnnlab.__main__ import MODEL_NAMES
+def test_the_command_line_knows_every_model_optimizer_amp_mode_and_dataset():
+    """The parser's choices are written out so that --help needs no PyTorch: each must be the
+    library's own list, so that the CLI never offers what training refuses or hides what it takes."""
+    from cnnlab import __main__ as cli
+    from cnnlab.data import DATASETS
     from cnnlab.models import MODELS
+    from cnnlab.train import _OPTIMIZERS, AMP_MODES, make_config
 
-    assert tuple(MODELS) == MODEL_NAMES
+    assert tuple(MODELS) == cli.MODEL_NAMES
+    assert tuple(_OPTIMIZERS) == cli.OPTIMIZER_NAMES and AMP_MODES == cli.AMP_MODES
+    assert tuple(DATASETS) == cli.DATASET_NAMES
+    for name in cli.OPTIMIZER_NAMES:  # each one a setting training takes
+        make_config(optimizer=name)
+    parser = cli.build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions if a.dest == "optimizer")
+    assert tuple(train.choices) == cli.OPTIMIZER_NAMES
 
 
 @pytest.mark.parametrize("args,message", [

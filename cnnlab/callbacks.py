@@ -19,6 +19,7 @@ import re
 import time
 
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from torch import Tensor, nn
@@ -27,7 +28,7 @@ from cnnlab.data import ImageSet
 from cnnlab.device import eval_mode, model_device
 from cnnlab.hooks import capture, leaf_layers
 from cnnlab.train import Callback, History, LoopState, StopTraining
-from cnnlab.viz import show_feature_maps, show_filters, tile
+from cnnlab.viz import PredictionPanel, show_feature_maps, show_filters, tile
 
 __all__ = ["Every", "StopButton", "LiveDashboard", "BatchLosses", "in_notebook"]
 
@@ -209,85 +210,208 @@ class LiveDashboard(Callback):
 
     order = 20  # after the loop's own bookkeeping and any early-stopping callbacks
 
-    def __init__(
-        self,
-        data: ImageSet | None = None,
-        index: int = 0,
-        *,
-        layers: list[str] | None = None,
-        channels: int = 16,
-        every_s: float = 2.0,
-        budget: float = 0.04,
-        early: float | None = 0.03,
-        show: bool | None = None,
-    ):
-        if not 0 < budget < 1:
-            raise ValueError(f"budget is a share of training time between 0 and 1, got {budget}")
-        if early is not None and not 0 < early < 1:
-            raise ValueError(f"early is a share of the training steps between 0 and 1 (or None), got {early}")
-        if not (isinstance(channels, int) and channels >= 1):
-            raise ValueError(f"channels must be a whole number >= 1, got {channels!r}")
-        if data is not None and not 0 <= index < len(data):
-            raise ValueError(f"index must be from 0 to {len(data) - 1}, got {index}")
+    def __init__(self, data: ImageSet | None = None, index: int = 0, *, layers: list[str] | None = None,
+                 channels: int = 16, every_s: float = 2.0, budget: float = 0.04, early: float | None = 0.03,
+                 show: bool | None = None):
+        _check_settings(data, index, channels, budget, early)
         self.data, self.index, self.layers, self.channels = data, index, layers, channels
         self.every_s, self.budget, self.early = every_s, budget, early
         self.show = in_notebook() if show is None else show
-        self.png = b""  # the latest frame
-        self.header = ""  # the latest frame's header line
+        self.png, self.header = b"", ""  # the latest frame and its header line
         self.early_png, self.early_step, self.early_images = b"", 0, 0  # the frame kept at `early` of the steps
-        self.frame_log: list[tuple[float, float]] = []  # (start, seconds) of each frame, from the start of fit
-        self.fit_seconds = 0.0  # wall time of the whole fit, set when it ends
-        self._started = time.perf_counter()
-        self.curves: dict[str, list[tuple[float, float]]] = {}
-        self._history: History | None = None
-        self._tail_images, self._tail_start, self._tail_end = 0, 0.0, 0.0
-        self._fig: Figure | None = None
-        self._cpu_twin: nn.Module | None = None
+        self._clock, self._meter = _FrameClock(every_s, budget, time.perf_counter()), _Meter()  # before any fit
+        self._probe: _Probe | None = None  # what it computes, and what it draws, for the fit it watches
+        self._picture: _Picture | None = None
         self._handle = None
 
-    # ----- events -------------------------------------------------------------------------------
     def before_fit(self, state: LoopState) -> None:
         t0 = time.perf_counter()
-        self.fit_seconds, self.png = 0.0, b""
-        self.early_png, self.early_step, self.early_images = b"", 0, 0
-        self.frame_log = []
-        self._history = state.history
-        self._bf16 = state.amp
-        self.curves = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
-        self._reset_window(state)
-        self._throttle = Every(self.every_s)
-        total_steps = state.steps_per_epoch * state.config.epochs
-        self._early_step = max(1, math.ceil(self.early * total_steps)) if self.early else 0
-        self._early_index = -1  # where the early frame is in frame_log
-        self._images_seen = 0
-        self._epochs_counted = 0  # epochs whose images left the tail (after_epoch ran for them)
+        self.png, self.early_png, self.early_step, self.early_images = b"", b"", 0, 0
+        self._clock, self._meter = _FrameClock(self.every_s, self.budget, state.started), _Meter(state)
+        steps = state.steps_per_epoch * state.config.epochs
+        self._early_at, self._early_index = (max(1, math.ceil(self.early * steps)) if self.early else 0), -1
         model = state.model
-        self._cpu_twin = None
-        convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        self._first_conv = (convs[0], dict(model.named_modules())[convs[0]]) if convs else None
-        self._map_layers = self.layers if self.layers is not None else _passed_on(model)
-        self._draw(state)
-        self._spaced(t0, time.perf_counter() - t0)
-        self._window_start = self._tail_start = time.perf_counter()  # images/s counts from the first batch
+        self._probe = _Probe(self.data, self.index, self.layers if self.layers is not None else _passed_on(model),
+                             self.channels)
+        first_conv = next(((name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+        self._picture = _Picture(first_conv, self.data, self.index, state.config.epochs)
+        self._show(state)
+        self._clock.drawn(t0)
+        self._meter.restart()  # images/s counts from the first batch
 
     def before_epoch(self, state: LoopState) -> None:
-        self._epoch_start = time.perf_counter()
+        self._meter.epoch_began()
 
     def after_batch(self, state: LoopState) -> None:
-        n = len(state.yb)
-        self._loss_sum += state.loss.detach().float() * n
-        self._correct += (state.logits.argmax(1) == state.yb).sum()
-        self._seen += n
-        self._tail_images += n
-        self._images_seen += n
-        if state.step == self._early_step:  # one frame more, whatever the throttle says, kept
-            self._frame(state)
-            self.early_png, self.early_step, self.early_images = self.png, state.step, self._images_seen
-            self._early_index = len(self.frame_log) - 1
-        elif self._throttle.ready():
-            self._frame(state)
+        self._meter.add(state)
+        early = state.step == self._early_at  # one frame more, whatever the throttle says, kept
+        if early or self._clock.due():
+            t0 = time.perf_counter()
+            self._meter.point(state)
+            self._show(state)
+            self._clock.drawn(t0)  # the frame's time stays in the next window, as History counts the loop's wall time
+        if early:
+            self.early_png, self.early_step, self.early_images = self.png, state.step, self._meter.images_seen
+            self._early_index = self.frames - 1  # where the early frame is in frame_log
 
     def after_epoch(self, state: LoopState) -> None:
+        self._meter.epoch_ended(state)  # no frame of its own: the next one shows the new test point
+
+    def after_fit(self, state: LoopState) -> None:
+        t0 = time.perf_counter()
+        self._meter.stop(state, t0)
+        try:
+            self._meter.point(state)
+            self._show(state, final=True)
+        finally:
+            self._clock.ended(t0, state)
+
+    def _show(self, state: LoopState, final: bool = False) -> None:
+        """Draw a frame, keep it and its header, and show it in place of the one before."""
+        maps, probs = self._probe.look(state.model)
+        self.header = self._meter.header(state, final, self.seconds)
+        self.png = self._picture.draw(maps, probs, self._probe.map_channels, self._meter.curves, self.header)
+        if self.show:
+            self._handle = _display(self.png, self._handle)
+        if final:
+            self._handle = None
+
+    frames = property(lambda self: len(self._clock.log), doc="Frames drawn in the fit it watches (so far).")
+    seconds = property(lambda self: self._clock.seconds, doc="Time spent inside the dashboard, all frames together.")
+    share = property(lambda self: self._clock.share,
+                     doc="The dashboard's time as a share of the wall time of the fit it watched (so far).")
+    images_per_s = property(lambda self: self._meter.images_per_s, doc=(
+        "Training images per second over the run so far: its full epochs as History timed them, plus the batches "
+        "of an unfinished epoch (the same definition, see the class docstring)."))
+    curves = property(lambda self: self._meter.curves, doc="Train and test loss and accuracy, (epoch, value) points.")
+    frame_log = property(lambda self: self._clock.log, doc="(start, seconds) of each frame, from the start of fit.")
+    fit_seconds = property(lambda self: self._clock.fit_seconds, doc="Wall time of the whole fit, set when it ends.")
+    # what the tests read inside the latest frame
+    _images_per_s = property(lambda self: self._meter.rate)
+    _map_channels = property(lambda self: self._probe.map_channels)
+    _lines = property(lambda self: self._picture.curves.lines)
+    _ax_err = property(lambda self: self._picture.curves.ax_err)
+    _im_filters = property(lambda self: self._picture.im_filters)
+    _im_maps = property(lambda self: self._picture.im_maps)
+    _ax_probs = property(lambda self: self._picture.ax_probs)
+    _bars = property(lambda self: self._picture.ax_probs.patches)
+
+
+def _check_settings(data: ImageSet | None, index: int, channels: int, budget: float, early: float | None) -> None:
+    """A ``ValueError`` saying which of :class:`LiveDashboard`'s settings makes no sense."""
+    if not 0 < budget < 1:
+        raise ValueError(f"budget is a share of training time between 0 and 1, got {budget}")
+    if early is not None and not 0 < early < 1:
+        raise ValueError(f"early is a share of the training steps between 0 and 1 (or None), got {early}")
+    if not (isinstance(channels, int) and channels >= 1):
+        raise ValueError(f"channels must be a whole number >= 1, got {channels!r}")
+    if data is not None and not 0 <= index < len(data):
+        raise ValueError(f"index must be from 0 to {len(data) - 1}, got {index}")
+
+
+def _display(png: bytes, handle):
+    """``png`` shown below the cell: a new display the first time, the same one updated after
+    (so the last frame stays in the saved notebook). Returns the handle."""
+    from IPython.display import Image, display
+
+    if handle is None:
+        return display(Image(png), display_id=True)
+    handle.update(Image(png))
+    return handle
+
+
+# ----- what the dashboard measures ---------------------------------------------------------------------
+
+class _FrameClock:
+    """When the dashboard draws and what drawing costs: ``due()`` at most every ``every_s``
+    seconds, and further apart if drawing would take more than ``budget`` of the time; ``log``
+    holds (start, seconds) of each frame, from ``started`` (the start of fit)."""
+
+    def __init__(self, every_s: float, budget: float, started: float):
+        self.every_s, self.budget, self.started = every_s, budget, started
+        self.log: list[tuple[float, float]] = []
+        self.fit_seconds = 0.0  # wall time of the whole fit, set when it ends
+        self._throttle = Every(every_s)
+
+    def due(self) -> bool:
+        return self._throttle.ready()
+
+    def drawn(self, t0: float) -> None:
+        """Count the frame begun at ``t0``, and keep drawing to about ``budget`` of the time: the
+        next frame waits ``spent / budget`` at least (the first frame, drawn before training, counts too)."""
+        spent = time.perf_counter() - t0
+        self.log.append((t0 - self.started, spent))
+        self._throttle.seconds = max(self.every_s, spent / self.budget)
+        self._throttle.reset()
+
+    def ended(self, t0: float, state: LoopState) -> None:
+        """Count the last frame (begun at ``t0``) and the fit's wall time."""
+        self.log.append((t0 - self.started, time.perf_counter() - t0))
+        self.fit_seconds = time.perf_counter() - state.started
+
+    @property
+    def seconds(self) -> float:
+        return sum(cost for _, cost in self.log)
+
+    @property
+    def share(self) -> float:
+        """The dashboard's time as a share of the wall time of the fit it watched (so far)."""
+        elapsed = self.fit_seconds or time.perf_counter() - self.started
+        return self.seconds / max(elapsed, 1e-9)
+
+
+class _Window:
+    """The training batches since the last frame: their loss and correct answers summed on the
+    training device, so that counting a batch waits for nothing (``fit`` keeps such sums per
+    epoch, inside its loop, where callbacks cannot read them)."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+
+    def add(self, state: LoopState) -> None:
+        n = len(state.yb)
+        self.loss_sum += state.loss.detach().float() * n
+        self.correct += (state.logits.argmax(1) == state.yb).sum()
+        self.seen += n
+
+    def take(self) -> tuple[float, float, int]:
+        """Mean loss, accuracy and number of the images since the last take (waits for the device)."""
+        loss, acc, n = self.loss_sum.item() / self.seen, self.correct.item() / self.seen, self.seen
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.seen = 0
+        return loss, acc, n
+
+
+class _Meter:
+    """What the frames report: a train point per frame from the batches since the one before, a
+    test point per epoch from the :class:`~cnnlab.train.History`, and images/s as History counts
+    them (the training loop's wall time, drawing in, test evaluation out)."""
+
+    def __init__(self, state: LoopState | None = None):  # None: before any fit
+        self.history: History | None = state.history if state else None
+        self.curves = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")} if state else {}
+        self.window = _Window(state.device if state else torch.device("cpu"))
+        self.rate = 0.0  # images/s of the batches before the latest frame
+        self.images_seen, self._epochs_counted = 0, 0  # epochs whose images left the tail (after_epoch ran for them)
+        self.restart()
+
+    def restart(self) -> None:
+        """images/s counts from now."""
+        self._window_start = self._tail_start = time.perf_counter()
+        self._tail_images, self._tail_end = 0, 0.0
+
+    def add(self, state: LoopState) -> None:
+        self.window.add(state)
+        self._tail_images += len(state.yb)
+        self.images_seen += len(state.yb)
+
+    def epoch_began(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def epoch_ended(self, state: LoopState) -> None:
         e = state.history.epochs[-1]
         now = time.perf_counter()
         self._window_start += max(0.0, now - (self._epoch_start + e["seconds"]))  # the test evaluation is not training
@@ -296,228 +420,207 @@ class LiveDashboard(Callback):
         if "test_acc" in e:
             self.curves["test_loss"].append((float(e["epoch"]), e["test_loss"]))
             self.curves["test_acc"].append((float(e["epoch"]), e["test_acc"]))
-        # No frame of its own: the next one (within the throttle's wait) shows the new test point.
 
-    def after_fit(self, state: LoopState) -> None:
-        t0 = self._tail_end = time.perf_counter()
-        if len(state.history.epochs) > self._epochs_counted:  # an earlier callback ended the run in after_epoch:
-            self._tail_images = 0  # History counted that epoch already
-        try:
-            if self._seen:
-                self._record_window(state)
-            self._draw(state, final=True)
-        finally:
-            self.frame_log.append((t0 - self._started, time.perf_counter() - t0))
-            self.fit_seconds = time.perf_counter() - state.started
-            self._fig = None
+    def point(self, state: LoopState) -> None:
+        """A train point from the batches since the last one (if there were any), and their images/s."""
+        if not self.window.seen:
+            return
+        loss, acc, n = self.window.take()  # waits for the device first: the time below includes its work
+        x = state.step / state.steps_per_epoch  # in epochs
+        self.curves["train_loss"].append((x, loss))
+        self.curves["train_acc"].append((x, acc))
+        now = time.perf_counter()
+        self.rate = n / max(now - self._window_start, 1e-9)
+        self._window_start = now
 
-    @property
-    def frames(self) -> int:
-        """Frames drawn in the fit it watches (so far)."""
-        return len(self.frame_log)
-
-    @property
-    def seconds(self) -> float:
-        """Time spent inside the dashboard, all frames together."""
-        return sum(cost for _, cost in self.frame_log)
-
-    @property
-    def share(self) -> float:
-        """The dashboard's time as a share of the wall time of the fit it watched (so far)."""
-        elapsed = self.fit_seconds or time.perf_counter() - self._started
-        return self.seconds / max(elapsed, 1e-9)
+    def stop(self, state: LoopState, now: float) -> None:
+        """Training ended at ``now``; an epoch that an earlier callback ended in after_epoch is History's."""
+        self._tail_end = now
+        if len(state.history.epochs) > self._epochs_counted:
+            self._tail_images = 0
 
     @property
     def images_per_s(self) -> float:
         """Training images per second over the run so far: its full epochs as History timed them,
         plus the batches of an unfinished epoch (the same definition, see the class docstring)."""
-        epochs = self._history.epochs if self._history is not None else []
+        epochs = self.history.epochs if self.history is not None else []
         images = sum(e["images_per_s"] * e["seconds"] for e in epochs) + self._tail_images
         tail = ((self._tail_end or time.perf_counter()) - self._tail_start) if self._tail_images else 0.0
         return images / max(sum(e["seconds"] for e in epochs) + tail, 1e-9)
 
-    # ----- measuring and drawing ---------------------------------------------------------------------
-    def _reset_window(self, state: LoopState) -> None:
-        self._started = state.started
-        self._loss_sum = torch.zeros((), device=state.device)
-        self._correct = torch.zeros((), device=state.device, dtype=torch.long)
-        self._seen = 0
-        self._tail_images, self._tail_end = 0, 0.0
-        self._window_start = self._tail_start = time.perf_counter()
-        self._images_per_s = 0.0
+    def header(self, state: LoopState, final: bool, drawing_s: float) -> str:
+        """A frame's header line: where training is, images/s, time, device, the latest test
+        accuracy and the ``drawing_s`` seconds spent drawing so far."""
+        h = state.history
+        elapsed = time.perf_counter() - state.started
+        test = f" · test accuracy {h.last('test_acc'):.2%}" if h.epochs and "test_acc" in h.epochs[-1] else ""
+        amp = " (bf16)" if state.amp else ""
+        where = "finished" if final and h.stopped is None else ("stopped" if final else "training")
+        rate = f"{self.images_per_s:,.0f} images/s over the run" if final else f"{self.rate:,.0f} images/s"
+        epochs = state.config.epochs
+        return (f"{where}: epoch {min(state.epoch + 1, epochs)}/{epochs} · step {state.step:,}/"
+                f"{state.steps_per_epoch * epochs:,} · {rate} · {elapsed:.0f} s · "
+                f"{state.device.type}{amp}{test} · dashboard {drawing_s:.1f} s ({drawing_s / max(elapsed, 1e-9):.1%})")
 
-    def _record_window(self, state: LoopState) -> None:
-        x = state.step / state.steps_per_epoch  # in epochs
-        self.curves["train_loss"].append((x, self._loss_sum.item() / self._seen))
-        self.curves["train_acc"].append((x, self._correct.item() / self._seen))
-        now = time.perf_counter()
-        self._images_per_s = self._seen / max(now - self._window_start, 1e-9)
-        self._loss_sum.zero_()
-        self._correct.zero_()
-        self._seen = 0
-        self._window_start = now
 
-    def _frame(self, state: LoopState) -> None:
-        t0 = time.perf_counter()
-        if self._seen:
-            self._record_window(state)
-        self._draw(state)
-        self._spaced(t0, time.perf_counter() - t0)
-        # the frame's time stays in the next window: images/s counts the loop's wall time, as History does
+class _Probe:
+    """One fixed test digit through the model: what each of ``layers`` passes on (the first
+    ``channels`` maps) and the class probabilities, from one forward pass on the CPU."""
 
-    def _spaced(self, t0: float, spent: float) -> None:
-        """Count a frame's cost, and keep drawing to about ``budget`` of the time: the next frame
-        waits ``spent / budget`` at least (the first frame, drawn before training, counts too)."""
-        self.frame_log.append((t0 - self._started, spent))
-        self._throttle.seconds = max(self.every_s, spent / self.budget)
-        self._throttle.reset()
+    def __init__(self, data: ImageSet | None, index: int, layers: list[str], channels: int):
+        self.data, self.index, self.layers, self.channels = data, index, layers, channels
+        self.map_channels: dict[str, int] = {}  # each layer's channels, of which the first `channels` are shown
+        self._twin: nn.Module | None = None
 
     @torch.no_grad()
-    def _look(self, state: LoopState) -> tuple[dict[str, Tensor], Tensor | None]:
-        """The fixed digit's maps (the first ``channels`` of each layer) and class probabilities,
-        from one forward pass on the CPU."""
+    def look(self, model: nn.Module) -> tuple[dict[str, Tensor], Tensor | None]:
+        """``{layer: maps (channels, H, W)}`` and the probabilities (classes,), on the CPU; none without data."""
         if self.data is None:
             return {}, None
-        model = self._twin(state.model)
+        model = self._on_cpu(model)
         x = self.data.x[self.index : self.index + 1].cpu().float()
-        with eval_mode(model), capture(model, self._map_layers) as acts:
+        with eval_mode(model), capture(model, self.layers) as acts:
             probs = model(x).float().softmax(1)[0]
-        self._map_channels = {name: acts[name].shape[1] for name in self._map_layers}
-        return {name: acts[name][0, : self.channels].float() for name in self._map_layers}, probs
+        self.map_channels = {name: acts[name].shape[1] for name in self.layers}
+        return {name: acts[name][0, : self.channels].float() for name in self.layers}, probs
 
-    def _twin(self, model: nn.Module) -> nn.Module:
+    def _on_cpu(self, model: nn.Module) -> nn.Module:
         """The model itself on the CPU; elsewhere a CPU copy refreshed with its weights (one copy
         of the weights per frame), so the maps of one digit need no GPU kernels, no synchronisation
         per layer and no cuDNN tuning for a batch of one."""
         if model_device(model).type == "cpu":
             return model
-        if self._cpu_twin is None:
-            self._cpu_twin = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).float()
-        self._cpu_twin.load_state_dict(model.state_dict())
-        return self._cpu_twin
+        if self._twin is None:
+            self._twin = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).float()
+        self._twin.load_state_dict(model.state_dict())
+        return self._twin
 
-    def _layout(self, state: LoopState, maps: dict[str, Tensor], probs: Tensor | None) -> None:
-        """The figure and every artist, once; later frames only change their data (clearing and
-        redrawing axes was half of a frame's cost)."""
+
+# ----- what the dashboard draws ------------------------------------------------------------------------
+
+class _Picture:
+    """The dashboard's picture: a Figure laid out on the first frame, every artist made once; later
+    frames only change their data (clearing and redrawing axes was half of a frame's cost)."""
+
+    def __init__(self, first_conv: tuple[str, nn.Conv2d] | None, data: ImageSet | None, index: int, epochs: int):
+        self.first_conv, self.data, self.index, self.epochs = first_conv, data, index, epochs
+        self.fig: Figure | None = None
+        self.curves: _CurvePanels | None = None
+        self.im_filters, self.im_maps = None, []
+        self.ax_probs: Axes | None = None
+        self.answer: PredictionPanel | None = None  # the digit and the bars of its answer
+        self.digit: Tensor | None = None
+
+    def draw(self, maps: dict[str, Tensor], probs: Tensor | None, map_channels: dict[str, int],
+             curves: dict[str, list[tuple[float, float]]], header: str) -> bytes:
+        """The next frame as PNG bytes."""
+        first = self.fig is None
+        if first:
+            self._layout(maps, probs, map_channels)
+        else:
+            self._update_filters()
+            for im, m in zip(self.im_maps, maps.values()):
+                im.set_data(tile(m, math.ceil(math.sqrt(m.shape[0])), normalize=True).numpy())  # as drawn first
+            if probs is not None:
+                self.answer.update(self.digit, {"its answer now": probs})
+        self.fig.suptitle(header, fontsize=10, x=0.01, y=0.995, ha="left", va="top")  # suptitle updates one Text
+        if first:
+            self.fig.tight_layout(rect=(0, 0, 1, 0.97), h_pad=1.0, w_pad=1.0)  # once: the layout does not change
+        self.curves.update(curves)
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png", dpi=72, pil_kwargs={"compress_level": 1})
+        return buf.getvalue()
+
+    def _layout(self, maps: dict[str, Tensor], probs: Tensor | None, map_channels: dict[str, int]) -> None:
         n_maps = len(maps)
-        ncols = max(4, n_maps + 2)
-        self._fig = Figure(figsize=(12, 5.8 if n_maps else 2.9))
-        grid = self._fig.add_gridspec(2 if n_maps else 1, ncols, height_ratios=[1, 1.15] if n_maps else None)
-        self._ax_loss = self._fig.add_subplot(grid[0, 0])
-        self._ax_err = self._fig.add_subplot(grid[0, 1])
+        self.fig = Figure(figsize=(12, 5.8 if n_maps else 2.9))
+        grid = self.fig.add_gridspec(2 if n_maps else 1, max(4, n_maps + 2),
+                                     height_ratios=[1, 1.15] if n_maps else None)
+        self.curves = _CurvePanels(self.fig.add_subplot(grid[0, 0]), self.fig.add_subplot(grid[0, 1]), self.epochs)
         # the answer panel goes in the second row beside the maps, or in the first when there are none
-        self._ax_filters = self._fig.add_subplot(grid[0, 2:] if n_maps or probs is None else grid[0, 2])
-        self._lines = {}
-        for ax, key, title in ((self._ax_loss, "loss", "cross-entropy loss (log scale)"),
-                               (self._ax_err, "acc", "error % (log scale): 1% = 99% accuracy")):
+        ax_filters = self.fig.add_subplot(grid[0, 2:] if n_maps or probs is None else grid[0, 2])
+        if self.first_conv is not None:
+            name, w = self.first_conv[0], self.first_conv[1].weight
+            show_filters(w, ax=ax_filters, title=f"{name}: {w.shape[0]} filters, {w.shape[2]}x{w.shape[3]}"
+                         + (" (input channel 0)" if w.shape[1] > 1 else ""))
+            self.im_filters = ax_filters.images[-1]
+        else:
+            ax_filters.axis("off")
+        ax_digit = self.fig.add_subplot(grid[1, 0]) if n_maps else None
+        for i, (name, m) in enumerate(maps.items()):
+            ax = self.fig.add_subplot(grid[1, 1 + i])
+            show_feature_maps(m, ax=ax, ncols=math.ceil(math.sqrt(m.shape[0])),
+                              title=f"{name}: {m.shape[0]} of {map_channels[name]} maps, {m.shape[1]}x{m.shape[2]}")
+            self.im_maps.append(ax.images[-1])
+        if probs is not None:
+            self.ax_probs = self.fig.add_subplot(grid[1, 1 + n_maps] if n_maps else grid[0, 3])
+            # PredictionPanel draws the digit beside the bars; without maps there is no room for it in
+            # the figure, so it goes to axes that are no part of it (never drawn)
+            if ax_digit is None:
+                ax_digit = Axes(self.fig, (0, 0, 1, 1))
+            self.digit = self.data.x[self.index].float().cpu()  # (1, H, W), copied once
+            self.answer = PredictionPanel([ax_digit, self.ax_probs], self.data.classes, mean=self.data.mean,
+                                          std=self.data.std)
+            self.answer.update(self.digit, {"its answer now": probs})
+            ax_digit.set_title(f"test digit #{self.index}", fontsize=9)
+            self.ax_probs.set_xlabel("probability", fontsize=8, labelpad=1)
+            self.ax_probs.tick_params(axis="x", labelsize=8)
+
+    def _update_filters(self) -> None:
+        if self.first_conv is None:
+            return
+        w = tile(self.first_conv[1].weight.detach().float().cpu()[:, 0], 8)  # show_filters' 8 columns
+        limit = max(float(torch.nan_to_num(w).abs().max()), 1e-8)
+        self.im_filters.set_data(w.numpy())
+        self.im_filters.set_clim(-limit, limit)
+
+
+class _CurvePanels:
+    """Loss and error % of the train and test points on log axes, each y range fitted to them."""
+
+    def __init__(self, ax_loss: Axes, ax_err: Axes, epochs: int):
+        self.ax_loss, self.ax_err = ax_loss, ax_err
+        self.lines = {}
+        for ax, key, title in ((ax_loss, "loss", "cross-entropy loss (log scale)"),
+                               (ax_err, "acc", "error % (log scale): 1% = 99% accuracy")):
             for split, style, ms in (("train", ".-", 3), ("test", "o--", 4)):
-                (self._lines[f"{split}_{key}"],) = ax.plot([], [], style, label=split, ms=ms)
+                (self.lines[f"{split}_{key}"],) = ax.plot([], [], style, label=split, ms=ms)
             ax.set_yscale("log")
             ax.yaxis.set_major_locator(FixedLocator(_LOG_TICKS))
             ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlim(0, state.config.epochs or 1)
+            ax.set_xlim(0, epochs or 1)
             ax.set_xlabel("epoch", fontsize=8, labelpad=1)
             ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=8, loc="upper right")
             ax.tick_params(labelsize=8)
-        self._ax_loss.set_ylim(0.01, 3)
-        self._ax_err.set_ylim(0.3, 100)
-        self._ax_loss.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        self._ax_err.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
-        if self._first_conv is not None:
-            name, conv = self._first_conv
-            w = conv.weight
-            show_filters(w, ax=self._ax_filters, title=f"{name}: {w.shape[0]} filters, {w.shape[2]}x{w.shape[3]}"
-                         + (" (input channel 0)" if w.shape[1] > 1 else ""))
-            self._im_filters = self._ax_filters.images[-1]
-        else:
-            self._ax_filters.axis("off")
-        self._im_maps = []
-        if n_maps:
-            ax_digit = self._fig.add_subplot(grid[1, 0])
-            digit = self.data.denormalize(self.data.x[self.index].float().cpu())
-            ax_digit.imshow(digit[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
-            ax_digit.set_title(f"test digit #{self.index}", fontsize=9)
-            ax_digit.set(xticks=[], yticks=[])
-            for i, (name, m) in enumerate(maps.items()):
-                ax = self._fig.add_subplot(grid[1, 1 + i])
-                show_feature_maps(m, ax=ax, ncols=math.ceil(math.sqrt(m.shape[0])),
-                                  title=f"{name}: {m.shape[0]} of {self._map_channels[name]} maps, {m.shape[1]}x{m.shape[2]}")
-                self._im_maps.append(ax.images[-1])
-        if probs is not None:
-            self._ax_probs = self._fig.add_subplot(grid[1, 1 + n_maps] if n_maps else grid[0, 3])
-            short = [c.split(" - ")[0] for c in self.data.classes]
-            self._bars = self._ax_probs.barh(range(len(probs)), probs.numpy(), color="tab:blue")
-            self._ax_probs.set_yticks(range(len(probs)), short, fontsize=8)
-            self._ax_probs.invert_yaxis()
-            self._ax_probs.set_xlim(0, 1)
-            self._ax_probs.set_xlabel("probability", fontsize=8, labelpad=1)
-            self._ax_probs.tick_params(axis="x", labelsize=8)
-        self._draw_status(state, final=False)
-        self._fig.tight_layout(rect=(0, 0, 1, 0.97), h_pad=1.0, w_pad=1.0)  # once: the layout does not change
+        ax_loss.set_ylim(0.01, 3)
+        ax_err.set_ylim(0.3, 100)
+        ax_loss.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_err.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
 
-    def _draw(self, state: LoopState, final: bool = False) -> None:
-        maps, probs = self._look(state)
-        if self._fig is None:
-            self._layout(state, maps, probs)
-        else:
-            if self._first_conv is not None:
-                w = tile(self._first_conv[1].weight.detach().float().cpu()[:, 0], 8)  # show_filters' 8 columns
-                limit = max(float(torch.nan_to_num(w).abs().max()), 1e-8)
-                self._im_filters.set_data(w.numpy())
-                self._im_filters.set_clim(-limit, limit)
-            for im, m in zip(self._im_maps, maps.values()):
-                im.set_data(tile(m, math.ceil(math.sqrt(m.shape[0])), normalize=True).numpy())  # as drawn first
-        if probs is not None:
-            top = int(probs.argmax())
-            for k, bar in enumerate(self._bars):
-                bar.set_width(float(probs[k]))
-                bar.set_color("tab:orange" if k == top else "tab:blue")
-            self._ax_probs.set_title(f"its answer now: {self.data.classes[top].split(' - ')[0]} ({float(probs[top]):.0%})",
-                                     fontsize=9)
-        self._draw_curves()
-        self._draw_status(state, final)
-        buf = io.BytesIO()
-        self._fig.savefig(buf, format="png", dpi=72, pil_kwargs={"compress_level": 1})
-        self.png = buf.getvalue()
-        if self.show:
-            from IPython.display import Image, display
-
-            if self._handle is None:
-                self._handle = display(Image(self.png), display_id=True)
-            else:
-                self._handle.update(Image(self.png))
-        if final:
-            self._handle = None
-
-    def _draw_curves(self) -> None:
-        for key, line in self._lines.items():
-            points = self.curves[key]
+    def update(self, curves: dict[str, list[tuple[float, float]]]) -> None:
+        for key, line in self.lines.items():
+            points = curves[key]
             ys = [100 * (1 - y) if key.endswith("acc") else y for _, y in points]  # accuracy drawn as error %
             line.set_data([x for x, _ in points], [y if y > 0 else float("nan") for y in ys])  # 0 has no log
-        for ax, key, floor in ((self._ax_loss, "loss", 1e-4), (self._ax_err, "acc", 0.01)):
-            ys = [y for split in ("train", "test") for y in self._lines[f"{split}_{key}"].get_ydata() if y > 0]
+        for ax, key, floor in ((self.ax_loss, "loss", 1e-4), (self.ax_err, "acc", 0.01)):
+            ys = [y for split in ("train", "test") for y in self.lines[f"{split}_{key}"].get_ydata() if y > 0]
             if ys:  # from the smallest value to the largest, with a margin (a log axis has no zero), a decade at least
                 top = max(ys) * 1.5 if key == "loss" else min(100, max(ys) * 1.5)
                 ax.set_ylim(max(min(min(ys) / 1.5, top / 10), floor), top)
 
-    def _draw_status(self, state: LoopState, final: bool) -> None:
-        h = state.history
-        elapsed = time.perf_counter() - state.started
-        test = f" · test accuracy {h.last('test_acc'):.2%}" if h.epochs and "test_acc" in h.epochs[-1] else ""
-        amp = " (bf16)" if self._bf16 else ""
-        where = "finished" if final and h.stopped is None else ("stopped" if final else "training")
-        rate = f"{self.images_per_s:,.0f} images/s over the run" if final else f"{self._images_per_s:,.0f} images/s"
-        self.header = (
-            f"{where}: epoch {min(state.epoch + 1, state.config.epochs)}/{state.config.epochs} · step {state.step:,}/"
-            f"{state.steps_per_epoch * state.config.epochs:,} · {rate} · {elapsed:.0f} s · "
-            f"{state.device.type}{amp}{test} · dashboard {self.seconds:.1f} s ({self.seconds / max(elapsed, 1e-9):.1%})"
-        )
-        self._fig.suptitle(self.header, fontsize=10, x=0.01, y=0.995, ha="left", va="top")  # suptitle updates one Text
-
 
 _LOG_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]  # 1-2-5 on a log axis
+
+#: torch's activation layers (every class of torch.nn.modules.activation that can be a leaf layer)
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
+                nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Threshold, nn.Sigmoid, nn.LogSigmoid, nn.Tanh,
+                nn.Softplus, nn.Softsign, nn.Hardshrink, nn.Softshrink, nn.Tanhshrink, nn.GLU, nn.Softmax, nn.Softmin,
+                nn.Softmax2d, nn.LogSoftmax)
+#: normalisations that may stand between a conv layer and its activation
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d,
+          nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def _passed_on(model: nn.Module) -> list[str]:
@@ -530,10 +633,10 @@ def _passed_on(model: nn.Module) -> list[str]:
             continue
         chosen = name
         for after, nxt in leaves[k + 1 :]:
-            if type(nxt).__module__ == "torch.nn.modules.activation":
+            if isinstance(nxt, _ACTIVATIONS):
                 chosen = after
                 break
-            if type(nxt).__module__ != "torch.nn.modules.batchnorm" and not isinstance(nxt, (nn.GroupNorm, nn.LayerNorm)):
+            if not isinstance(nxt, _NORMS):
                 break
         names.append(chosen)
     return list(dict.fromkeys(names))

@@ -13,15 +13,21 @@ function first, then the widget.
 | :func:`augment_explorer` | :func:`cnnlab.augment.augment_examples` |
 | :func:`error_flagger` | :func:`cnnlab.viz.show_mistakes` (every error) |
 | :func:`product_explorer` | :func:`cnnlab.transfer.top5` and :func:`cnnlab.train.predict` |
+
+Every explorer is its controls and a ``draw(values)`` function on one small scaffold,
+:class:`_Explorer`: it owns the message line, the picture and the busy flag, and explains a
+nonsense value instead of drawing it.
 """
 
 from __future__ import annotations
 
 import html
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import ipywidgets as widgets
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 import torch
 from torch import Tensor, nn
@@ -60,6 +66,71 @@ __all__ = [
 ]
 
 
+def _error_html(err: Exception) -> str:
+    return f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+
+
+class _Explorer:
+    """The scaffold every explorer here is built on: its ``controls`` (name -> widget), a
+    ``message`` line (HTML), a PNG ``image`` (none with ``picture=False``) and a ``busy`` flag.
+
+    The explorer sets ``draw``, a function of the controls' values (name -> value) that shows them
+    (computing first, then setting the picture) and returns the message (``None``: keep it).
+    :meth:`update` calls it; an exception of ``errors`` from it (a nonsense value) is explained
+    in the message instead, and the last good picture stays."""
+
+    def __init__(self, controls: dict[str, widgets.Widget], *, picture: bool = True,
+                 errors: tuple[type[Exception], ...] = (ValueError,)):
+        self.controls, self.errors = controls, errors
+        self.message = widgets.HTML()
+        self.image = widgets.Image(format="png") if picture else None
+        self.busy = False
+        self.draw: Callable[[dict], str | None] = lambda values: None
+
+    def update(self, _change=None) -> None:
+        """Draw what the controls say now, or say what is wrong with it; nothing while busy."""
+        if self.busy:
+            return
+        values = {name: c.value for name, c in self.controls.items()}
+        try:
+            text = self.draw(values)
+        except self.errors as err:
+            self.message.value = _error_html(err)
+            return
+        if text is not None:
+            self.message.value = text
+
+    def on(self, names: Iterable[str], *steps: Callable[[], object]) -> None:
+        """Run ``steps`` in turn (default: :meth:`update`) when one of the controls ``names``
+        changes, unless the explorer is busy setting controls itself."""
+        steps = steps or (self.update,)
+
+        def changed(_change=None) -> None:
+            if not self.busy:
+                for step in steps:
+                    step()
+
+        for name in names:
+            self.controls[name].observe(changed, names="value")
+
+    @contextmanager
+    def quietly(self) -> Iterator[None]:
+        """Set controls in this block (a slider's new range, a preset's cells) without each
+        change redrawing: busy until it ends."""
+        was, self.busy = self.busy, True
+        try:
+            yield
+        finally:
+            self.busy = was
+
+    def box(self, rows: Sequence[widgets.Widget], **parts: object) -> widgets.VBox:
+        """The explorer as a VBox of ``rows``, with each of ``parts`` as an attribute (for tests)."""
+        box = widgets.VBox(list(rows))
+        for name, part in parts.items():
+            setattr(box, name, part)
+        return box
+
+
 def _summary(probs: Mapping[str, Tensor], classes: Sequence[str], true_label: str) -> str:
     rows = []
     for name, p in probs.items():
@@ -88,33 +159,23 @@ def shift_explorer(
     if rotate_and_scale:
         controls["angle"] = widgets.FloatSlider(value=0, min=-90, max=90, step=5, description="rotate (°)", tooltip="degrees clockwise")
         controls["scale"] = widgets.FloatSlider(value=1, min=0.5, max=1.5, step=0.05, description="scale")
-    image = widgets.Image(format="png")
-    summary = widgets.HTML()
+    ex = _Explorer(controls, errors=(ValueError, TypeError))
     fig = Figure(figsize=(2.6 + 2.6 * len(named), 2.6))  # not pyplot: never shown twice inline
     axes = fig.subplots(1, len(named) + 1, width_ratios=[1] + [1.3] * len(named))
     panel = PredictionPanel(axes, data.classes, mean=data.mean, std=data.std)  # artists updated in place
 
-    def update(_change=None) -> None:
-        values = {k: c.value for k, c in controls.items()}
-        try:
-            img, probs = explore_transform(named, data, **values)
-        except (ValueError, TypeError) as err:  # a nonsense value: say so, keep the last picture
-            summary.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
-            return
+    def draw(v: dict) -> str:
+        img, probs = explore_transform(named, data, **v)
         panel.update(img, probs)
-        image.value = render_png(fig, changed=panel.changed())
-        summary.value = _summary(probs, data.classes, data.classes[int(data.y[values["index"]])])
+        ex.image.value = render_png(fig, changed=panel.changed())
+        return _summary(probs, data.classes, data.classes[int(data.y[v["index"]])])
 
-    for c in controls.values():
-        c.observe(update, names="value")
-    update()
-    box = widgets.VBox([widgets.HBox(list(controls.values())[:3]), widgets.HBox(list(controls.values())[3:]), summary, image])
-    box.controls, box.image, box.summary = controls, image, summary
-    return box
-
-
-def _error_html(err: Exception) -> str:
-    return f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+    ex.draw = draw
+    ex.on(controls)
+    ex.update()
+    row = list(controls.values())
+    return ex.box([widgets.HBox(row[:3]), widgets.HBox(row[3:]), ex.message, ex.image],
+                  controls=controls, image=ex.image, summary=ex.message)
 
 
 def kernel_playground(data: ImageSet, index: int = 0, size: int = 3, preset: str = "Sobel x (vertical edges)") -> widgets.VBox:
@@ -131,63 +192,50 @@ def kernel_playground(data: ImageSet, index: int = 0, size: int = 3, preset: str
         "stride": widgets.IntSlider(value=1, min=1, max=3, description="stride"),
         "padding": widgets.IntSlider(value=0, min=0, max=2, description="padding"),
     }
+    ex = _Explorer(controls)
     grid = widgets.GridBox(layout=widgets.Layout(grid_template_columns="repeat(5, 64px)", grid_gap="2px"))
-    image = widgets.Image(format="png")
-    status = widgets.HTML()
     fig = Figure(figsize=(9, 3.2))
     axes = fig.subplots(1, 3, width_ratios=[1, 0.8, 1])
-    box = widgets.VBox()
-    box.cells, filling = [], [False]
+    cells: list[list[widgets.Text]] = []  # row by row; replaced in place for another size
 
-    def update(_change=None) -> None:
-        if filling[0]:
-            return
-        stride, padding = controls["stride"].value, controls["padding"].value
-        try:
-            kernel = parse_kernel([[c.value for c in row] for row in box.cells])
-            raw = data.denormalize(data.x[controls["index"].value].cpu())
-            fmap = apply_kernel(raw, kernel, stride, padding)
-        except ValueError as err:
-            status.value = _error_html(err)
-            return
+    def draw(v: dict) -> str:
+        kernel = parse_kernel([[c.value for c in row] for row in cells])
+        raw = data.denormalize(data.x[v["index"]].cpu())
+        fmap = apply_kernel(raw, kernel, v["stride"], v["padding"])
         for ax in axes:
             ax.clear()
         show_convolution(raw, kernel, fmap, axes=axes)
-        image.value = render_png(fig)
+        ex.image.value = render_png(fig)
         k, h = kernel.shape[0], raw.shape[-1]
-        status.value = (f"output size: floor(({h} + 2·{padding} − {k}) / {stride}) + 1 = <b>{fmap.shape[-1]}</b>; "
-                        f"response range {float(fmap.min()):.2f} … {float(fmap.max()):.2f}")
+        return (f"output size: floor(({h} + 2·{v['padding']} − {k}) / {v['stride']}) + 1 = <b>{fmap.shape[-1]}</b>; "
+                f"response range {float(fmap.min()):.2f} … {float(fmap.max()):.2f}")
 
-    def fill_cells(_change=None) -> None:
+    def fill_cells() -> None:
         k = kernel_preset(controls["preset"].value, controls["size"].value)
-        if len(box.cells) != k.shape[0]:
-            box.cells = [[widgets.Text(layout=widgets.Layout(width="62px"), continuous_update=False)
-                          for _ in range(k.shape[1])] for _ in range(k.shape[0])]
-            for cell in (c for row in box.cells for c in row):
-                cell.observe(update, names="value")
+        if len(cells) != k.shape[0]:
+            cells[:] = [[widgets.Text(layout=widgets.Layout(width="62px"), continuous_update=False)
+                         for _ in range(k.shape[1])] for _ in range(k.shape[0])]
+            for cell in (c for row in cells for c in row):
+                cell.observe(ex.update, names="value")
             grid.layout.grid_template_columns = f"repeat({k.shape[1]}, 64px)"
-            grid.children = [c for row in box.cells for c in row]
-        filling[0] = True
-        for row, values in zip(box.cells, k.tolist()):
-            for cell, v in zip(row, values):
-                cell.value = f"{v:.4g}"
-        filling[0] = False
-        update()
+            grid.children = [c for row in cells for c in row]
+        with ex.quietly():
+            for row, values in zip(cells, k.tolist()):
+                for cell, value in zip(row, values):
+                    cell.value = f"{value:.4g}"
+        ex.update()
 
-    controls["size"].observe(fill_cells, names="value")
-    controls["preset"].observe(fill_cells, names="value")
-    for name in ("index", "stride", "padding"):
-        controls[name].observe(update, names="value")
+    ex.draw = draw
+    ex.on(["size", "preset"], fill_cells)
+    ex.on(["index", "stride", "padding"])
     fill_cells()
-    box.children = [
+    return ex.box([
         widgets.HBox([controls["size"], controls["preset"]]),
         widgets.HBox([widgets.VBox([widgets.HTML("<b>kernel</b> (type a number, press Enter)"), grid]),
                       widgets.VBox([controls["index"], controls["stride"], controls["padding"]])]),
-        status,
-        image,
-    ]
-    box.controls, box.image, box.status = controls, image, status
-    return box
+        ex.message,
+        ex.image,
+    ], cells=cells, controls=controls, image=ex.image, status=ex.message)
 
 
 def _grid_html(values: Tensor, caption: str, tint: bool = False) -> str:
@@ -216,45 +264,47 @@ def _arithmetic_html(w: ConvWindow) -> str:
               f"= <b>{w.total:.4f}</b><br>F.conv2d at ({w.row}, {w.col}): <b>{float(w.fmap[w.row, w.col]):.4f}</b></div>")
 
 
-def window_explorer(data: ImageSet, index: int = 0, kernel: str = "Sobel x (vertical edges)") -> widgets.VBox:
-    """Pick an output pixel: the input window it reads is outlined on the digit, the pixel marked
-    on the output, and the arithmetic (window × kernel, summed) printed beside F.conv2d's value.
-    Kernel (a preset, or typed-in weights), stride and padding can change too. It starts at the
-    strongest response.
+class _WindowPanel:
+    """:func:`window_explorer`'s picture on two axes: the digit (padded) with the window an output
+    pixel reads outlined, and the output with that pixel marked, lines joining them. Drawn in full
+    for another digit, padding, kernel size or output; a new pixel only moves the outlines, the
+    lines and the titles, which :func:`render_png` then blits (:meth:`changed`). ``.window``: the
+    :class:`cnnlab.conv.ConvWindow` shown last."""
 
-    The box exposes ``.controls``, ``.image``, ``.summary`` and ``.arithmetic`` for tests.
-    """
-    from matplotlib.patches import ConnectionPatch, Rectangle
+    def __init__(self, axes: Sequence[Axes]):
+        self.axes = list(axes)
+        self.window: ConvWindow | None = None
+        self._drawn: tuple | None = None  # (digit, output, padding, kernel size) drawn in full
+        self._moving: list = []
 
-    controls = {
-        "kernel": widgets.Dropdown(options=list(KERNEL_PRESETS), value=kernel, description="kernel"),
-        "size": widgets.ToggleButtons(options=[3, 5], value=3, description="size"),
-        "weights": widgets.Text(description="weights", continuous_update=False, layout=widgets.Layout(width="420px"),
-                                tooltip="rows separated by ';', e.g. -1 0 1; -2 0 2; -1 0 1"),
-        "index": widgets.BoundedIntText(value=index, min=0, max=len(data) - 1, description="digit #"),
-        "stride": widgets.IntSlider(value=1, min=1, max=3, description="stride"),
-        "padding": widgets.IntSlider(value=0, min=0, max=2, description="padding"),
-        "row": widgets.IntSlider(value=0, min=0, max=0, description="output row"),
-        "col": widgets.IntSlider(value=0, min=0, max=0, description="output col"),
-    }
-    image, summary, arithmetic = widgets.Image(format="png"), widgets.HTML(), widgets.HTML()
-    fig = Figure(figsize=(7.2, 3.6))
-    axes = fig.subplots(1, 2)
-    state: dict = {"moving": [], "busy": False}
+    def update(self, w: ConvWindow, digit: Tensor, padding: int) -> None:
+        """Show output pixel ``(w.row, w.col)`` of ``digit`` (H, W), ink 0-1, padded by ``padding``."""
+        top, left, size = w.rows.start, w.cols.start, w.kernel.shape[-1]
+        old = self._drawn
+        same = old is not None and old[2:] == (padding, size) and torch.equal(old[0], digit) and torch.equal(old[1], w.fmap)
+        if not same:
+            self._draw(w, digit, padding)
+            self._drawn = (digit, w.fmap, padding, size)
+        window, pixel, *links = self._moving[:4]
+        window.set_xy((left - 0.5, top - 0.5))
+        pixel.set_xy((w.col - 0.5, w.row - 0.5))
+        links[0].xy1, links[0].xy2 = (left + size - 0.5, top - 0.5), (w.col - 0.5, w.row - 0.5)
+        links[1].xy1, links[1].xy2 = (left + size - 0.5, top + size - 0.5), (w.col - 0.5, w.row + 0.5)
+        # a fixed title height (y=1.01): matplotlib then skips measuring the tick labels to place it
+        self.axes[0].set_title(f"window: rows {top}–{top + size - 1}, cols {left}–{left + size - 1}", fontsize=9,
+                               y=1.01)
+        self.axes[1].set_title(f"output {w.fmap.shape[0]}x{w.fmap.shape[1]}: ({w.row}, {w.col}) = {w.total:.3f}",
+                               fontsize=9, y=1.01)
+        self.window = w
 
-    def setup() -> tuple[Tensor, Tensor, int, int]:
-        """The digit and kernel the controls name, and the output size: a ValueError says what is wrong."""
-        text = controls["weights"].value
-        weights = parse_kernel([row.replace(",", " ").split() for row in text.split(";") if row.strip()] or [[""]])
-        digit = data.denormalize(data.x[controls["index"].value].cpu())[0]  # (H, W), ink 0-1
-        stride, padding = controls["stride"].value, controls["padding"].value
-        h_out = conv_output_size(digit.shape[0], weights.shape[0], stride, padding)
-        w_out = conv_output_size(digit.shape[1], weights.shape[0], stride, padding)
-        return digit, weights, h_out, w_out
+    def changed(self) -> list:
+        """The artists a new pixel moves: the outlines, the lines, the titles (for :func:`render_png`)."""
+        return self._moving
 
-    def draw(w: ConvWindow, digit: Tensor) -> None:
-        """Everything that stays while only the output pixel moves, and the artists that move."""
-        p = controls["padding"].value
+    def _draw(self, w: ConvWindow, digit: Tensor, p: int) -> None:
+        from matplotlib.patches import ConnectionPatch, Rectangle
+
+        axes = self.axes
         h, wd = digit.shape
         for ax in axes:
             ax.clear()
@@ -280,71 +330,72 @@ def window_explorer(data: ImageSet, index: int = 0, kernel: str = "Sobel x (vert
             link.set_clip_on(False)
             link.set_in_layout(False)  # it spans both axes: tight_layout must not make room for it
             links.append(link)
-        state["artists"] = (window, pixel, links)
-        state["moving"] = [window, pixel, *links, axes[0].title, axes[1].title]  # new artists: render_png draws a new background
+        # new artists: render_png draws a new background
+        self._moving = [window, pixel, *links, axes[0].title, axes[1].title]
 
-    def move(w: ConvWindow, digit: Tensor) -> None:
-        window, pixel, links = state["artists"]
-        top, left, size = w.rows.start, w.cols.start, w.kernel.shape[-1]
-        window.set_xy((left - 0.5, top - 0.5))
-        pixel.set_xy((w.col - 0.5, w.row - 0.5))
-        links[0].xy1, links[0].xy2 = (left + size - 0.5, top - 0.5), (w.col - 0.5, w.row - 0.5)
-        links[1].xy1, links[1].xy2 = (left + size - 0.5, top + size - 0.5), (w.col - 0.5, w.row + 0.5)
-        # a fixed title height (y=1.01): matplotlib then skips measuring the tick labels to place it
-        axes[0].set_title(f"window: rows {top}–{top + size - 1}, cols {left}–{left + size - 1}", fontsize=9, y=1.01)
-        axes[1].set_title(f"output {w.fmap.shape[0]}x{w.fmap.shape[1]}: ({w.row}, {w.col}) = {w.total:.3f}", fontsize=9,
-                          y=1.01)
 
-    def update(_change=None, *, rebuild: bool = True) -> None:
-        if state["busy"]:
-            return
-        try:
-            digit, weights, h_out, w_out = setup()
-            state["busy"] = True  # new ranges for the pixel sliders: keep the pixel, or the nearest one
+def window_explorer(data: ImageSet, index: int = 0, kernel: str = "Sobel x (vertical edges)") -> widgets.VBox:
+    """Pick an output pixel: the input window it reads is outlined on the digit, the pixel marked
+    on the output, and the arithmetic (window × kernel, summed) printed beside F.conv2d's value.
+    Kernel (a preset, or typed-in weights), stride and padding can change too. It starts at the
+    strongest response.
+
+    The box exposes ``.controls``, ``.image``, ``.summary`` and ``.arithmetic`` for tests.
+    """
+    controls = {
+        "kernel": widgets.Dropdown(options=list(KERNEL_PRESETS), value=kernel, description="kernel"),
+        "size": widgets.ToggleButtons(options=[3, 5], value=3, description="size"),
+        "weights": widgets.Text(description="weights", continuous_update=False, layout=widgets.Layout(width="420px"),
+                                tooltip="rows separated by ';', e.g. -1 0 1; -2 0 2; -1 0 1"),
+        "index": widgets.BoundedIntText(value=index, min=0, max=len(data) - 1, description="digit #"),
+        "stride": widgets.IntSlider(value=1, min=1, max=3, description="stride"),
+        "padding": widgets.IntSlider(value=0, min=0, max=2, description="padding"),
+        "row": widgets.IntSlider(value=0, min=0, max=0, description="output row"),
+        "col": widgets.IntSlider(value=0, min=0, max=0, description="output col"),
+    }
+    ex = _Explorer(controls)
+    arithmetic = widgets.HTML()
+    fig = Figure(figsize=(7.2, 3.6))
+    panel = _WindowPanel(fig.subplots(1, 2))
+
+    def draw(v: dict) -> str:
+        rows = [row.replace(",", " ").split() for row in v["weights"].split(";") if row.strip()]
+        weights = parse_kernel(rows or [[""]])
+        digit = data.denormalize(data.x[v["index"]].cpu())[0]  # (H, W), ink 0-1
+        stride, padding = v["stride"], v["padding"]
+        h_out = conv_output_size(digit.shape[0], weights.shape[0], stride, padding)
+        w_out = conv_output_size(digit.shape[1], weights.shape[0], stride, padding)
+        with ex.quietly():  # new ranges for the pixel sliders: keep the pixel, or the nearest one
             controls["row"].max, controls["col"].max = h_out - 1, w_out - 1
-            state["busy"] = False
-            w = output_window(digit, weights, controls["row"].value, controls["col"].value,
-                              stride=controls["stride"].value, padding=controls["padding"].value)
-        except ValueError as err:  # nonsense typed in: say so, keep the last picture and numbers
-            state["busy"] = False
-            summary.value = _error_html(err)
-            return
-        state["window"] = w
-        if rebuild or "artists" not in state:
-            draw(w, digit)
-        move(w, digit)
-        image.value = render_png(fig, changed=state["moving"])
+        w = output_window(digit, weights, controls["row"].value, controls["col"].value, stride=stride, padding=padding)
+        panel.update(w, digit, padding)
+        ex.image.value = render_png(fig, changed=panel.changed())
         arithmetic.value = _arithmetic_html(w)
         k = w.kernel.shape[-1]
-        summary.value = (f"Output pixel <b>({w.row}, {w.col})</b> reads input rows {w.rows.start}–{w.rows.stop - 1}, "
-                         f"columns {w.cols.start}–{w.cols.stop - 1} (below 0 or past {digit.shape[0] - 1}: padding, "
-                         f"read as 0): {k}×{k} numbers times the kernel, summed. Output {h_out}×{w_out}.")
+        return (f"Output pixel <b>({w.row}, {w.col})</b> reads input rows {w.rows.start}–{w.rows.stop - 1}, "
+                f"columns {w.cols.start}–{w.cols.stop - 1} (below 0 or past {digit.shape[0] - 1}: padding, "
+                f"read as 0): {k}×{k} numbers times the kernel, summed. Output {h_out}×{w_out}.")
 
-    def fill_weights(_change=None) -> None:
+    def fill_weights() -> None:
         k = kernel_preset(controls["kernel"].value, controls["size"].value)
         text = "; ".join(" ".join(f"{v:.4g}" for v in row) for row in k.tolist())
         if text == controls["weights"].value:
-            update()
+            ex.update()
         else:
             controls["weights"].value = text  # its observer redraws
 
-    controls["kernel"].observe(fill_weights, names="value")
-    controls["size"].observe(fill_weights, names="value")
-    for name in ("weights", "index", "stride", "padding"):
-        controls[name].observe(update, names="value")
-    for name in ("row", "col"):
-        controls[name].observe(lambda _c: update(rebuild=False), names="value")
+    ex.draw = draw
+    ex.on(["kernel", "size"], fill_weights)
+    ex.on(["weights", "index", "stride", "padding", "row", "col"])  # a new pixel alone: the panel only moves the window
     fill_weights()
-    fmap = state["window"].fmap  # start at the strongest response: a window with ink in it
+    fmap = panel.window.fmap  # start at the strongest response: a window with ink in it
     controls["row"].value, controls["col"].value = divmod(int(fmap.abs().argmax()), fmap.shape[1])
-    box = widgets.VBox([
+    return ex.box([
         widgets.HBox([controls["kernel"], controls["size"], controls["index"]]),
         widgets.HBox([controls["weights"], controls["stride"], controls["padding"]]),
         widgets.HBox([controls["row"], controls["col"]]),
-        summary, image, arithmetic,
-    ])
-    box.controls, box.image, box.summary, box.arithmetic = controls, image, summary, arithmetic
-    return box
+        ex.message, ex.image, arithmetic,
+    ], controls=controls, image=ex.image, summary=ex.message, arithmetic=arithmetic)
 
 
 def shape_calculator() -> widgets.VBox:
@@ -352,29 +403,22 @@ def shape_calculator() -> widgets.VBox:
     names = [("c_in", 1), ("h", 28), ("w", 28), ("c_out", 32), ("kernel", 3), ("stride", 1), ("padding", 0), ("dilation", 1)]
     controls = {n: widgets.BoundedIntText(value=v, min=0, max=4096, description=n, layout=widgets.Layout(width="160px"))
                 for n, v in names}
-    result = widgets.HTML()
+    ex = _Explorer(controls, picture=False)
 
-    def update(_change=None) -> None:
-        values = {n: c.value for n, c in controls.items()}
-        try:
-            s = conv_layer_summary(**values)
-        except ValueError as err:
-            result.value = _error_html(err)
-            return
-        v = values
-        result.value = (
+    def draw(v: dict) -> str:
+        s = conv_layer_summary(**v)
+        return (
             f"({v['c_in']}, {v['h']}, {v['w']}) → Conv2d({v['c_in']}, {v['c_out']}, {v['kernel']}, stride={v['stride']}, "
             f"padding={v['padding']}, dilation={v['dilation']}) → <b>{s['output']}</b><br>"
             f"parameters: {v['c_out']}·{v['c_in']}·{v['kernel']}·{v['kernel']} weights + {v['c_out']} biases = "
             f"<b>{s['parameters']:,}</b> (whatever the image size); multiply-adds: {s['multiply_adds']:,}"
         )
 
-    for c in controls.values():
-        c.observe(update, names="value")
-    update()
-    box = widgets.VBox([widgets.HBox(list(controls.values())[:4]), widgets.HBox(list(controls.values())[4:]), result])
-    box.controls, box.result = controls, result
-    return box
+    ex.draw = draw
+    ex.on(controls)
+    ex.update()
+    row = list(controls.values())
+    return ex.box([widgets.HBox(row[:4]), widgets.HBox(row[4:]), ex.message], controls=controls, result=ex.message)
 
 
 def receptive_field_explorer(models: Mapping[str, nn.Module], data: ImageSet, *, images: int = 64) -> widgets.VBox:
@@ -397,73 +441,110 @@ def receptive_field_explorer(models: Mapping[str, nn.Module], data: ImageSet, *,
         "col": widgets.IntSlider(value=0, min=0, max=0, description="unit col"),
         "index": widgets.BoundedIntText(value=0, min=0, max=len(data) - 1, description="digit #"),
     }
-    image = widgets.Image(format="png")
-    summary = widgets.HTML()
+    ex = _Explorer(controls)
     fig = Figure(figsize=(7, 3.5))
     axes = fig.subplots(1, 2)
-    busy = [False]
 
-    def update(_change=None) -> None:
-        if busy[0]:
-            return
-        model = named[controls["model"].value]
-        unit = (controls["row"].value, controls["col"].value)
-        if controls["layer"].value is None:
-            return  # set_layers said why there is nothing to show
-        try:
-            row, region, erf = receptive_field_view(model, controls["layer"].value, unit, x)
-        except ValueError as err:
-            summary.value = _error_html(err)
-            return
+    def draw(v: dict) -> str | None:
+        if v["layer"] is None:
+            return None  # set_layers said why there is nothing to show
+        unit = (v["row"], v["col"])
+        row, region, erf = receptive_field_view(named[v["model"]], v["layer"], unit, x)
         for ax in axes:
             ax.clear()
-        digit = data.denormalize(data.x[controls["index"].value].cpu())
+        digit = data.denormalize(data.x[v["index"]].cpu())
         show_receptive_field(digit, region, erf, axes=axes, title=f"{row.name}, unit {unit}")
-        image.value = render_png(fig)
-        summary.value = (f"<b>{row.name}</b>: output {row.out_shape}; receptive field <b>{row.size[0]}×{row.size[1]}</b>, "
-                         f"jump {row.jump[0]}; unit {unit} sees rows {region[0].start}–{region[0].stop - 1}, "
-                         f"columns {region[1].start}–{region[1].stop - 1}")
+        ex.image.value = render_png(fig)
+        return (f"<b>{row.name}</b>: output {row.out_shape}; receptive field <b>{row.size[0]}×{row.size[1]}</b>, "
+                f"jump {row.jump[0]}; unit {unit} sees rows {region[0].start}–{region[0].stop - 1}, "
+                f"columns {region[1].start}–{region[1].stop - 1}")
 
-    def set_layers(_change=None) -> None:
-        busy[0] = True
-        model = named[controls["model"].value]
-        layers = list(rows_of(model))
+    def set_layers() -> None:
+        layers = list(rows_of(named[controls["model"].value]))
+        with ex.quietly():
+            kept = controls["layer"].value in layers
+            controls["layer"].options = layers
+            if layers and not kept:
+                controls["layer"].value = layers[-1]
         if not layers:  # say so and wait for another model, instead of failing inside an observer
-            controls["layer"].options = []
-            busy[0] = False
-            summary.value = _error_html(ValueError(
+            ex.message.value = _error_html(ValueError(
                 f"{controls['model'].value} has no chain of convolution and pooling layers to follow "
                 "(a dense model sees the whole image from its first layer): pick a CNN"))
             return
-        if controls["layer"].value not in layers:
-            controls["layer"].options = layers
-            controls["layer"].value = layers[-1]
-        else:
-            controls["layer"].options = layers
-        busy[0] = False
         set_units()
 
-    def set_units(_change=None) -> None:
+    def set_units() -> None:
         rows = rows_of(named[controls["model"].value])
         if controls["layer"].value not in rows:
             return
-        busy[0] = True
         _, h, w = rows[controls["layer"].value].out_shape
-        for name, n in (("row", h), ("col", w)):
-            controls[name].max = n - 1
-            controls[name].value = (n - 1) // 2
-        busy[0] = False
-        update()
+        with ex.quietly():
+            for name, n in (("row", h), ("col", w)):
+                controls[name].max = n - 1
+                controls[name].value = (n - 1) // 2
+        ex.update()
 
-    controls["model"].observe(set_layers, names="value")
-    controls["layer"].observe(set_units, names="value")
-    for name in ("row", "col", "index"):
-        controls[name].observe(update, names="value")
+    ex.draw = draw
+    ex.on(["model"], set_layers)
+    ex.on(["layer"], set_units)
+    ex.on(["row", "col", "index"])
     set_layers()
-    box = widgets.VBox([widgets.HBox([controls["model"], controls["layer"], controls["index"]]),
-                        widgets.HBox([controls["row"], controls["col"]]), summary, image])
-    box.controls, box.image, box.summary = controls, image, summary
-    return box
+    return ex.box([widgets.HBox([controls["model"], controls["layer"], controls["index"]]),
+                   widgets.HBox([controls["row"], controls["col"]]), ex.message, ex.image],
+                  controls=controls, image=ex.image, summary=ex.message)
+
+
+class _FeatureMapPanel:
+    """:func:`feature_map_explorer`'s picture on three axes: all of a layer's maps with one
+    outlined, that map large, and the filter of ``model`` that made it. Drawn in full for other
+    maps (another layer or image); a new channel only moves the outline and swaps the big map and
+    the filter in place, which :func:`render_png` then blits (:meth:`changed`)."""
+
+    def __init__(self, axes: Sequence[Axes], model: nn.Module):
+        self.axes, self.model = list(axes), model
+        self._drawn: tuple | None = None  # (layer, maps) drawn in full
+        self._changed: list = []
+
+    def update(self, view: dict, layer: str, channel: int) -> None:
+        """Show ``view`` (:func:`cnnlab.hooks.feature_map_view`) of ``layer``, ``channel`` chosen."""
+        if self._drawn is None or self._drawn[0] != layer or not torch.equal(self._drawn[1], view["maps"]):
+            self._draw(view, layer, channel)
+        rect, big, big_title, *filter_artists = self._changed
+        c, h, w = view["maps"].shape
+        x, y = tile_origin(channel, grid_columns(c), h, w)
+        rect.set_xy((x - 1, y - 1))
+        m = view["map"]
+        lim = max(float(m.abs().max()), 1e-8)
+        big.set_data(m.numpy())
+        big.set_clim(-lim, lim)
+        big_title.set_text(f"channel {channel}, {h}x{w}: red +{lim:.2f}, blue −{lim:.2f}")
+        if filter_artists:
+            f = view["filter"]
+            filter_artists[0].set_data(tile(f.detach().float().cpu(), min(8, len(f))).numpy())
+            filter_artists[1].set_text(f"its filter in {view['conv']}: {tuple(f.shape)}" if len(f) > 1
+                                       else f"its filter in {view['conv']}")
+
+    def changed(self) -> list:
+        """The artists a new channel changes: the outline, the big map, the filter, their titles."""
+        return self._changed
+
+    def _draw(self, view: dict, layer: str, channel: int) -> None:
+        axes = self.axes
+        for ax in axes:
+            ax.clear()
+        show_feature_maps(view["maps"], ax=axes[0], highlight=channel, title=f"{layer}: all {len(view['maps'])} channels")
+        big = axes[1].imshow(view["map"].numpy(), cmap="RdBu_r")
+        axes[1].set(xticks=[], yticks=[])
+        axes[1].set_title(" ", fontsize=9)  # its text: update
+        changed = [axes[0].patches[-1], big, axes[1].title]
+        if view["filter"] is not None:
+            # one scale for all the layer's filters
+            limit = max(float(filter_of(self.model, layer)[1].detach().abs().max()), 1e-8)
+            show_filters(view["filter"][:, None], ax=axes[2], ncols=min(8, len(view["filter"])), limit=limit)
+            changed += [axes[2].images[0], axes[2].title]
+        else:
+            axes[2].axis("off")
+        self._drawn, self._changed = (layer, view["maps"]), changed
 
 
 def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, pool: int = 2000, drawing=None) -> widgets.VBox:
@@ -482,88 +563,28 @@ def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, po
     }
     if drawing is not None:
         controls["source"] = widgets.ToggleButtons(options=["test digit", "your drawing"], description="image")
-    image, top_image, summary = widgets.Image(format="png"), widgets.Image(format="png"), widgets.HTML()
+    ex = _Explorer(controls)
     fig = Figure(figsize=(10, 3.4))
-    axes = fig.subplots(1, 3, width_ratios=[1.3, 1, 1])
-    top_fig = Figure(figsize=(3.4, 3.6))
+    panel = _FeatureMapPanel(fig.subplots(1, 3, width_ratios=[1.3, 1, 1]), model)
+    top_image, top_fig = widgets.Image(format="png"), Figure(figsize=(3.4, 3.6))
     top_ax = top_fig.subplots()
     maxima: dict[str, Tensor] = {}
-    busy = [False]
 
-    def current_image() -> Tensor:
-        if drawing is not None and controls["source"].value == "your drawing":
+    def draw(v: dict) -> str:
+        if drawing is not None and v["source"] == "your drawing":
             if drawing.digit is None:
                 raise ValueError("nothing drawn yet: draw a digit on the pad first")
-            return drawing.digit
-        return data.x[controls["index"].value].cpu()
-
-    drawn: dict = {}  # what the figure shows: its layer and image, and the artists a new channel changes
-
-    def image_key() -> tuple:
-        if drawing is not None and controls["source"].value == "your drawing":
-            return ("drawing", drawing.digit)
-        return ("test", controls["index"].value)
-
-    def same_image(key: tuple) -> bool:
-        old = drawn.get("image")
-        return old is not None and old[0] == key[0] and (old[1] is key[1] if key[0] == "drawing" else old[1] == key[1])
-
-    def draw_all(view: dict, layer: str, channel: int) -> None:
-        """Every panel from scratch (a new layer or image); a later channel change only moves the
-        outline and swaps the big map and the filter (new_channel)."""
-        for ax in axes:
-            ax.clear()
-        show_feature_maps(view["maps"], ax=axes[0], highlight=channel, title=f"{layer}: all {len(view['maps'])} channels")
-        big = axes[1].imshow(view["map"].numpy(), cmap="RdBu_r")
-        axes[1].set(xticks=[], yticks=[])
-        axes[1].set_title(" ", fontsize=9)  # its text: new_channel
-        changed = [axes[0].patches[-1], big, axes[1].title]
-        if view["filter"] is not None:
-            limit = max(float(filter_of(model, layer)[1].detach().abs().max()), 1e-8)  # one scale for the layer's filters
-            show_filters(view["filter"][:, None], ax=axes[2], ncols=min(8, len(view["filter"])), limit=limit)
-            changed += [axes[2].images[0], axes[2].title]
+            image = drawing.digit
         else:
-            axes[2].axis("off")
-        drawn.update(layer=layer, changed=changed, ncols=grid_columns(len(view["maps"])), map_shape=view["map"].shape)
-
-    def new_channel(view: dict, layer: str, channel: int) -> None:
-        rect, big, big_title, *filter_artists = drawn["changed"]
-        h, w = drawn["map_shape"]
-        x, y = tile_origin(channel, drawn["ncols"], h, w)
-        rect.set_xy((x - 1, y - 1))
+            image = data.x[v["index"]].cpu()
+        view = feature_map_view(model, image, v["layer"], v["channel"])
+        panel.update(view, v["layer"], v["channel"])
+        ex.image.value = render_png(fig, changed=panel.changed())
         m = view["map"]
-        lim = max(float(m.abs().max()), 1e-8)
-        big.set_data(m.numpy())
-        big.set_clim(-lim, lim)
-        big_title.set_text(f"channel {channel}, {h}x{w}: red +{lim:.2f}, blue −{lim:.2f}")
-        if filter_artists:
-            f = view["filter"]
-            filter_artists[0].set_data(tile(f.detach().float().cpu(), min(8, len(f))).numpy())
-            filter_artists[1].set_text(f"its filter in {view['conv']}: {tuple(f.shape)}" if len(f) > 1
-                                       else f"its filter in {view['conv']}")
+        return (f"<b>{html.escape(v['layer'])}</b>, channel {v['channel']}: a map of {m.shape[0]}×{m.shape[1]}. "
+                "Red: the filter responds; blue: the opposite pattern (negative before the ReLU).")
 
-    def update(_change=None) -> None:
-        if busy[0]:
-            return
-        layer, channel = controls["layer"].value, controls["channel"].value
-        try:
-            view = feature_map_view(model, current_image(), layer, channel)
-        except ValueError as err:
-            summary.value = _error_html(err)
-            return
-        key = image_key()
-        if drawn.get("layer") != layer or not same_image(key):
-            draw_all(view, layer, channel)
-            drawn["image"] = key
-        new_channel(view, layer, channel)
-        image.value = render_png(fig, changed=drawn["changed"])
-        m = view["map"]
-        summary.value = (f"<b>{html.escape(layer)}</b>, channel {channel}: a map of {m.shape[0]}×{m.shape[1]}. "
-                         "Red: the filter responds; blue: the opposite pattern (negative before the ReLU).")
-
-    def update_top(_change=None) -> None:
-        if busy[0]:
-            return
+    def draw_top() -> None:
         layer, channel = controls["layer"].value, controls["channel"].value
         if layer not in maxima:
             maxima[layer] = channel_maxima(model, x_pool, layer)
@@ -577,22 +598,19 @@ def feature_map_explorer(model: nn.Module, data: ImageSet, index: int = 0, *, po
                          f"peak responses {float(values[0]):.2f} … {float(values[-1]):.2f}", fontsize=9)
         top_image.value = render_png(top_fig, changed=[top_ax.images[0], top_ax.title])
 
-    def set_channels(_change=None) -> None:
-        busy[0] = True
-        controls["channel"].max = layers[controls["layer"].value][0] - 1
-        busy[0] = False
-        update()
-        update_top()
+    def set_channels() -> None:
+        with ex.quietly():
+            controls["channel"].max = layers[controls["layer"].value][0] - 1
+        ex.update()
+        draw_top()
 
-    controls["layer"].observe(set_channels, names="value")
-    controls["channel"].observe(lambda _c: (update(), update_top()), names="value")
-    controls["index"].observe(update, names="value")
-    if drawing is not None:
-        controls["source"].observe(update, names="value")
+    ex.draw = draw
+    ex.on(["layer"], set_channels)
+    ex.on(["channel"], ex.update, draw_top)
+    ex.on([name for name in ("index", "source") if name in controls])
     set_channels()
-    box = widgets.VBox([widgets.HBox(list(controls.values())), summary, widgets.HBox([image, top_image])])
-    box.controls, box.image, box.top_image, box.summary = controls, image, top_image, summary
-    return box
+    return ex.box([widgets.HBox(list(controls.values())), ex.message, widgets.HBox([ex.image, top_image])],
+                  controls=controls, image=ex.image, top_image=top_image, summary=ex.message)
 
 
 def augment_explorer(data: ImageSet, index: Sequence[int] = (0, 1, 2, 3), *, copies: int = 7,
@@ -609,34 +627,29 @@ def augment_explorer(data: ImageSet, index: Sequence[int] = (0, 1, 2, 3), *, cop
         "scale": widgets.FloatRangeSlider(value=tuple(scale), min=0.5, max=1.5, step=0.05, description="scale"),
     }
     again = widgets.Button(description="draw again", icon="refresh")
-    image, summary = widgets.Image(format="png"), widgets.HTML()
+    ex = _Explorer(controls)  # a zero-width scale range at 0, say: a message, the last picture kept
     seed = [0]
 
-    def update(_change=None) -> None:
-        values = {k: c.value for k, c in controls.items()}
-        try:
-            gallery, params = augment_examples(x, copies=copies, fill=data.background, seed=seed[0], **values)
-        except ValueError as err:  # a zero-width scale range at 0, say: keep the last picture
-            summary.value = _error_html(err)
-            return
-        image.value = _gallery_png(data.denormalize(gallery.float().cpu()))  # PIL, not matplotlib: well within 100 ms
-        lo, hi = values["scale"]
-        summary.value = (f"Each row: a training digit (orange frame) and {copies} random versions of it. Each moves up to "
-                         f"{values['shift']:g} px right/left and down/up, turns up to {values['rotate']:g}° either way and "
-                         f"is scaled by {lo:.2f}–{hi:.2f}; this draw turned them by {float(params['angle'].min()):+.0f}° to "
-                         f"{float(params['angle'].max()):+.0f}°. Where does a 6 stop being a 6?")
+    def draw(v: dict) -> str:
+        gallery, params = augment_examples(x, copies=copies, fill=data.background, seed=seed[0], **v)
+        # PIL, not matplotlib: well within 100 ms
+        ex.image.value = _gallery_png(data.denormalize(gallery.float().cpu()))
+        lo, hi = v["scale"]
+        return (f"Each row: a training digit (orange frame) and {copies} random versions of it. Each moves up to "
+                f"{v['shift']:g} px right/left and down/up, turns up to {v['rotate']:g}° either way and "
+                f"is scaled by {lo:.2f}–{hi:.2f}; this draw turned them by {float(params['angle'].min()):+.0f}° to "
+                f"{float(params['angle'].max()):+.0f}°. Where does a 6 stop being a 6?")
 
     def draw_again(_button=None) -> None:
         seed[0] += 1
-        update()
+        ex.update()
 
-    for c in controls.values():
-        c.observe(update, names="value")
+    ex.draw = draw
+    ex.on(controls)
     again.on_click(draw_again)
-    update()
-    box = widgets.VBox([widgets.HBox([*controls.values(), again]), summary, image])
-    box.controls, box.again, box.image, box.summary = controls, again, image, summary
-    return box
+    ex.update()
+    return ex.box([widgets.HBox([*controls.values(), again]), ex.message, ex.image],
+                  controls=controls, again=again, image=ex.image, summary=ex.message)
 
 
 def _gallery_png(gallery: Tensor, zoom: int = 2, gap: int = 4) -> bytes:
@@ -700,27 +713,25 @@ def error_flagger(data: ImageSet, probs: Tensor, *, ncols: int = 8) -> widgets.V
                                f"{html.escape(short[pred])} {float(probs[i, pred]):.0%}</small>")
         cells.append(widgets.VBox([widgets.Image(value=_digit_png(images[k]), format="png", width=84), caption, toggle],
                                   layout=widgets.Layout(align_items="center", width="110px")))
-    summary = widgets.HTML()
+    ex = _Explorer(dict(zip(map(str, index), toggles)), picture=False)  # a toggle per error, named by its test index
     n, errors = len(data), len(index)
 
     def flagged() -> list[int]:
         return [i for i, t in zip(index, toggles) if t.value]
 
-    def update(_change=None) -> None:
-        k = len(flagged())
-        summary.value = (f"<b>{errors}</b> errors on {n:,} test images ({errors / n:.2%}). Flagged as arguable: <b>{k}</b>. "
-                         f"Leaving the flagged images out of the test set: {errors - k} errors on {n - k:,} images, "
-                         f"accuracy {1 - (errors - k) / (n - k):.2%}. (Only errors can be flagged here; arguable digits "
-                         "the model got right stay in, so this recount flatters the model a little.)"
-                         if errors else f"no errors on these {n:,} test images")
+    def draw(v: dict) -> str:
+        k = sum(v.values())  # the flagged ones
+        return (f"<b>{errors}</b> errors on {n:,} test images ({errors / n:.2%}). Flagged as arguable: <b>{k}</b>. "
+                f"Leaving the flagged images out of the test set: {errors - k} errors on {n - k:,} images, "
+                f"accuracy {1 - (errors - k) / (n - k):.2%}. (Only errors can be flagged here; arguable digits "
+                "the model got right stay in, so this recount flatters the model a little.)"
+                if errors else f"no errors on these {n:,} test images")
 
-    for t in toggles:
-        t.observe(update, names="value")
-    update()
+    ex.draw = draw
+    ex.on(ex.controls)
+    ex.update()
     grid = widgets.GridBox(cells, layout=widgets.Layout(grid_template_columns=f"repeat({ncols}, 112px)"))
-    box = widgets.VBox([summary, grid])
-    box.index, box.toggles, box.flagged, box.summary = index, toggles, flagged, summary
-    return box
+    return ex.box([ex.message, grid], index=index, toggles=toggles, flagged=flagged, summary=ex.message)
 
 
 def _bars_html(rows: Sequence[tuple[str, float]], colour: str, mark: str | None = None) -> str:
@@ -754,21 +765,23 @@ def product_explorer(data: ImageSet, guesses: Sequence[Sequence[tuple[str, float
     probs = probs.detach().float().cpu()
     images = data.denormalize(data.x.detach().cpu())
     slider = widgets.IntSlider(value=0, min=0, max=len(data) - 1, description="photo")
-    image, imagenet, finetuned = widgets.Image(format="png"), widgets.HTML(), widgets.HTML()
+    ex = _Explorer({"photo": slider})  # its message line: the fine-tuned model's answer
+    imagenet = widgets.HTML()
 
-    def update(_change=None) -> None:
-        i = slider.value
+    def draw(v: dict) -> str:
+        i = v["photo"]
         truth = data.classes[int(data.y[i])]
-        image.value = _digit_png(images[i], zoom=5, light=True)  # as stored and as the network receives it: light on black
+        # as stored and as the network receives it: light on black
+        ex.image.value = _digit_png(images[i], zoom=5, light=True)
         imagenet.value = ("<b>ImageNet backbone, top 5</b> (its own 1,000 classes)"
                           + _bars_html(guesses[i], "#1f77b4"))
         p, c = probs[i].topk(min(3, probs.shape[1]))
-        finetuned.value = (f"<b>{html.escape(model_name[:1].upper() + model_name[1:])}, top {len(c)}</b> "
-                           f"(true: {html.escape(truth)})"
-                           + _bars_html([(data.classes[int(k)], float(q)) for q, k in zip(p, c)], "#ff7f0e", truth))
+        return (f"<b>{html.escape(model_name[:1].upper() + model_name[1:])}, top {len(c)}</b> "
+                f"(true: {html.escape(truth)})"
+                + _bars_html([(data.classes[int(k)], float(q)) for q, k in zip(p, c)], "#ff7f0e", truth))
 
-    slider.observe(update, names="value")
-    update()
-    box = widgets.VBox([slider, widgets.HBox([image, widgets.VBox([imagenet, finetuned])])])
-    box.slider, box.image, box.imagenet, box.finetuned = slider, image, imagenet, finetuned
-    return box
+    ex.draw = draw
+    ex.on(ex.controls)
+    ex.update()
+    return ex.box([slider, widgets.HBox([ex.image, widgets.VBox([imagenet, ex.message])])],
+                  slider=slider, image=ex.image, imagenet=imagenet, finetuned=ex.message)

@@ -95,11 +95,12 @@ COMMITTEE: tuple[tuple[str, int], ...] = (("modern-cnn-plain", 0), ("modern-cnn-
 SPREAD_SEEDS: tuple[int, ...] = (0, 1, 2)
 
 
-#: Seconds one training epoch of the 60,000 MNIST images takes on the project's 2-core CPU (AMD EPYC,
-#: torch 2.14.1; from the histories of the series' saved runs): for estimates before training.
+#: Seconds one training epoch of the 60,000 MNIST images takes on the project's 2-core CPU (AMD EPYC
+#: with bf16 units, torch 2.14.1, 2026-12-04; from the histories of the series' saved runs; the same
+#: machine type has been up to 3.5x slower on other days): for estimates before training.
 CPU_EPOCH_SECONDS: dict[str, float] = {
-    "linear": 0.4, "mlp": 0.7, "small-cnn": 16.0, "small-cnn-bn": 18.0, "mlp-wide": 3.0,
-    "modern-cnn-plain": 27.0, "modern-cnn-aug": 27.0, "modern-cnn": 27.0,
+    "linear": 0.4, "mlp": 0.7, "small-cnn": 30.0, "small-cnn-bn": 35.0, "mlp-wide": 5.4,
+    "modern-cnn-plain": 57.0, "modern-cnn-aug": 55.0, "modern-cnn": 51.0,
 }
 
 

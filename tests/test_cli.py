@@ -297,3 +297,13 @@ def test_zero_epochs_is_refused_and_json_is_strict(capsys):
 
     assert strict_json(json.dumps(_json_safe({"a": float("nan"), "b": [1.0, float("inf")]}), allow_nan=False)) == \
         {"a": None, "b": [1.0, None]}
+
+
+def test_gpu_check_without_the_repositorys_tests_says_so_and_fails(tmp_path, monkeypatch):
+    """An installed cnnlab has no tests/: the GPU check must not report them passed."""
+    from cnnlab import gpu_check
+
+    monkeypatch.setattr(gpu_check, "repo_root", lambda: tmp_path)  # a checkout without tests/
+    lines = []
+    result = gpu_check._run_tests(lines.append, dict(os.environ), timeout=60)
+    assert result["exit"] != 0 and "not run" in lines[0] and "--skip-tests" in lines[0]

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("core", {"files", "device", "augment", "cuda_graph", "data", "transforms", "conv", "models", "train",
               "checkpoint", "hooks", "receptive_field", "saliency", "metrics", "scale", "transfer"}),
     ("ui", {"viz", "callbacks", "drawing", "widgets"}),
-    ("series", {"runs", "report", "series"}),  # the course's own choices: saved runs, its table, its notebooks
+    ("series", {"runs", "report", "series", "exercises"}),  # the course's own choices: saved runs, its table, its notebooks, its exercises
     ("tools", {"doctor", "bench", "gpu_check", "__main__"}),
 ]
 

@@ -103,8 +103,16 @@ def test_python_version_is_the_same_everywhere():
 
 def test_the_notebooks_folder_holds_only_the_series():
     extra = [p.name for p in (ROOT / "notebooks").iterdir()
-             if p.suffix != ".ipynb" and p.name not in ("__pycache__", ".ipynb_checkpoints")]
+             if p.suffix != ".ipynb" and p.name not in ("__pycache__", ".ipynb_checkpoints", "solutions")]
     assert not extra, f"test plumbing belongs in tests/, not in the learner's notebooks/: {extra}"
+    # solutions/: one NN_solutions notebook per notebook of the series that has checked exercises
+    numbers = {p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    for path in (ROOT / "notebooks" / "solutions").iterdir():
+        if path.name in ("__pycache__", ".ipynb_checkpoints"):
+            continue
+        assert re.fullmatch(r"\d\d_solutions\.ipynb", path.name) and path.name[:2] in numbers, path.name
+        code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        assert f'check("{path.name[:2]}.' in code, f"{path.name} passes no check of its notebook"
 
 
 def test_every_pin_installs_on_the_oldest_python_the_readme_promises():

@@ -179,19 +179,61 @@ def _layers_for_the_digit(*, layers) -> tuple[bool, str]:
                   "the last layer sees the whole 28x28 digit only after that many 3x3 convolutions without pooling.")
 
 
+def _whole(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name}: give a whole number, got {value!r}")
+    return value
+
+
+def _test_size_at_95(*, images) -> tuple[bool, str]:
+    from cnnlab.metrics import required_test_size, simulated_power
+
+    images = _whole("images", images)
+    at_80, at_95 = required_test_size(0.990, 0.992), required_test_size(0.990, 0.992, power=0.95)
+    if abs(images - at_95) > 0.01 * at_95:
+        if images <= at_80:
+            return False, (f"that is no more than at 80% power ({at_80:,} each): a test that must catch the "
+                           "difference 19 times in 20, not 4 in 5, needs more images")
+        return False, "not that many: keep the accuracies at 99.0% and 99.2%, and change only the power, to 0.95"
+    power = simulated_power(0.990, 0.992, at_95)
+    return True, (f"{at_95:,} test images each ({at_95 / at_80:.2f} times the {at_80:,} of 80% power); simulated, "
+                  f"that size finds the difference {power:.0%} of the time.")
+
+
+def _c3_fully_connected(*, parameters) -> tuple[bool, str]:
+    from cnnlab.models import LENET5_C3_TABLE, PartialConv2d, count_parameters
+
+    parameters = _whole("parameters", parameters)
+    every = count_parameters(PartialConv2d([range(6)] * 16, 6, 5))  # each of C3's 16 maps sees all six of S2's
+    table = count_parameters(PartialConv2d(LENET5_C3_TABLE, 6, 5))
+    if parameters != every:
+        hint = (" That is the table's own count." if parameters == table else "")
+        return False, (f"not {parameters:,}.{hint} Each of C3's 16 maps would have one 5x5 kernel for each of the "
+                       "6 maps of S2, and one bias")
+    return True, f"{every:,} parameters, against {table:,} with the paper's table: the table saves {every - table:,}."
+
+
 # ----- the registry ----------------------------------------------------------------------------------
 
-EXERCISES: dict[str, Exercise] = {e.id: e for e in [
+EXERCISES: dict[str, Exercise] = {e.id: e for e in sorted([
     Exercise("03.1", "a 3x3 kernel for diagonal strokes (top left to bottom right)", judge=_diagonal_kernel),
     Exercise("03.2", "which rows a stride-2 3x3 kernel never centres on, with padding 0 and 1", judge=_never_centred),
     Exercise("03.4", "which shifts a 3x3 max pool with stride 3 keeps", judge=_pool_shifts),
     Exercise("04.1", "how many 3x3 conv layers a unit needs to see the whole 28x28 digit", judge=_layers_for_the_digit),
+    Exercise("02.4", "pixels shuffled by one fixed permutation: why the MLP does not care", model_answer=(
+        "The MLP's first layer gives every pixel its own weights and knows nothing of which pixels are "
+        "neighbours. A fixed permutation only reorders its inputs, so training finds the same weights, reordered, "
+        "and the same accuracy. A CNN's 3x3 filters read neighbouring pixels together because neighbours "
+        "belong to the same stroke; after the permutation they do not, so the filters see noise and the CNN "
+        "loses most of its advantage: its structure is an assumption about images.")),
     Exercise("04.2", "stride-2 convolutions instead of max-pools: fields and parameters", model_answer=(
         "A 2x2 convolution with stride 2 has the same receptive-field arithmetic as a 2x2 max-pool (the same "
         "size, stride and start), so `receptive_fields` gives the same fields; a 3x3 one with stride 2 grows "
         "them a little more. The parameters are not the same: a pool has none, a 2x2 convolution from 16 to 16 "
         "channels adds 16 * 16 * 4 + 16 = 1,040 of them, which it then learns.")),
-]}
+    Exercise("07.5", "test images for 99.0% vs 99.2% at 95% power", judge=_test_size_at_95),
+    Exercise("08.5", "LeNet-5's C3 parameters if every map saw all of S2", judge=_c3_fully_connected),
+], key=lambda e: e.id)}
 
 
 def _exercise(exercise_id: str) -> Exercise:
@@ -272,7 +314,7 @@ class Progress:
 
     def __str__(self) -> str:
         total = len(self.solved) + len(self.read) + len(self.open)
-        parts = [f"notebook {self.notebook}: {len(self.solved)} of {total} exercises solved"
+        parts = [f"notebook {self.notebook}: {len(self.solved)} of {total} exercise{'s' if total != 1 else ''} solved"
                  + (f" ({', '.join(self.solved)})" if self.solved else "")]
         if self.read:
             parts.append(f"model answers read: {', '.join(self.read)}")

@@ -65,13 +65,33 @@ def test_layers_to_see_the_whole_digit():
         check("04.1", layers=14.0)
 
 
+def test_the_test_size_at_95_percent_power():
+    from scipy.stats import norm
+
+    # the normal approximation for two independent proportions, written out here
+    p1, p2 = 0.990, 0.992
+    z = norm.ppf(0.975) + norm.ppf(0.95)
+    expected = math.ceil(z ** 2 * (p1 * (1 - p1) + p2 * (1 - p2)) / (p1 - p2) ** 2)
+    assert "more images" in check("07.5", images=35_001).message  # the 80% answer
+    assert not check("07.5", images=10 * expected).right
+    assert check("07.5", images=expected).right
+    with pytest.raises(ValueError, match="whole number"):
+        check("07.5", images="lots")
+
+
+def test_lenet_c3_with_every_connection():
+    assert "the table's own count" in check("08.5", parameters=1_516).message
+    assert not check("08.5", parameters=16 * 6 * 25).right  # the biases forgotten
+    assert check("08.5", parameters=16 * (6 * 5 * 5 + 1)).right
+
+
 def test_open_questions_have_model_answers_and_checks_refuse_what_they_cannot_judge():
-    assert "1,040" in model_answer("04.2")
+    assert "1,040" in model_answer("04.2") and "permutation" in model_answer("02.4")
     with pytest.raises(ValueError, match="model_answer"):
         check("04.2", same=True)
     with pytest.raises(ValueError, match="has a check"):
         model_answer("03.1")
-    with pytest.raises(ValueError, match="notebooks with exercises here: 03, 04"):
+    with pytest.raises(ValueError, match="notebooks with exercises here: 02, 03, 04, 07, 08"):
         check("99.1", x=1)
     with pytest.raises(ValueError, match="kernel=..."):
         check("03.1")
@@ -91,8 +111,8 @@ def test_progress_is_kept_in_the_cache_not_the_notebook(cache):
     assert json.loads((cache / "exercises.json").read_text()) == {"03.4": "solved", "04.2": "read"}
     (cache / "exercises.json").write_text("{not json")  # a damaged record is started again, not an error
     assert progress("03").solved == []
-    with pytest.raises(ValueError, match="those that do: 03, 04"):
-        progress("07")
+    with pytest.raises(ValueError, match="those that do: 02, 03, 04, 07, 08"):
+        progress("06")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

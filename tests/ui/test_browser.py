@@ -47,6 +47,21 @@ def _chromium_or_skip() -> str:
     pytest.skip(reason)
 
 
+EXERCISE_NOTEBOOK = "zz_exercise_check.ipynb"  # beside the series in the lab's copy, never in notebooks/
+
+
+def _write_exercise_notebook(path: Path) -> None:
+    """What a learner types to check an answer: a wrong one first, then the right one."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('from cnnlab.exercises import check, progress\n\ncheck("04.1", layers=13)'),
+        nbformat.v4.new_code_cell('check("04.1", layers=14)'),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,6 +88,7 @@ def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     work = root / "notebooks"
     shutil.copytree(ROOT / "notebooks", work, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    _write_exercise_notebook(work / EXERCISE_NOTEBOOK)
     _write_settings(root / "settings")
     port = _free_port()
     env = {**os.environ, "CNNLAB_SMOKE": "1", "JUPYTERLAB_SETTINGS_DIR": str(root / "settings"),
@@ -287,6 +303,18 @@ def _run_and_check(page, lab, name):
         if view.locator("img, canvas").count():  # the explorers and playgrounds, not progress bars
             screenshot(view, ARTIFACTS / f"{stem}-widget{i}.png")
     INTERACTIONS.get(stem, lambda page, views: None)(page, views)
+
+
+def test_an_exercise_is_checked_wrong_then_right_on_screen(page, lab):
+    """A learner answers notebook 04's first exercise in JupyterLab: the check says not yet, with
+    a hint that measures the wrong answer, then right."""
+    open_and_run_all(page, lab, EXERCISE_NOTEBOOK)
+    verdicts = page.locator(".jp-OutputArea-output .cnnlab-verdict")
+    assert verdicts.count() == 2, f"{verdicts.count()} verdicts on screen"
+    wrong, right = verdicts.nth(0).inner_text(), verdicts.nth(1).inner_text()
+    assert "not yet" in wrong and "27 x 27" in wrong and "how many layers" in wrong, wrong
+    assert "right" in right and "not yet" not in right and "29 x 29" in right, right
+    screenshot(page.locator(".jp-Notebook"), ARTIFACTS / "exercise-check.png")
 
 
 def _interact_01(page, views) -> None:

@@ -213,6 +213,32 @@ def _c3_fully_connected(*, parameters) -> tuple[bool, str]:
     return True, f"{every:,} parameters, against {table:,} with the paper's table: the table saves {every - table:,}."
 
 
+def _macs_with_image_size(*, macs_ratio, parameters_change) -> tuple[bool, str]:
+    import torchvision
+
+    from cnnlab.models import count_parameters
+    from cnnlab.scale import count_macs
+
+    if not isinstance(macs_ratio, (int, float)) or isinstance(macs_ratio, bool) or not macs_ratio > 0:
+        raise ValueError(f"macs_ratio: give a positive number (the MACs at 448x448 divided by those at 224x224), "
+                         f"got {macs_ratio!r}")
+    if not isinstance(parameters_change, int) or isinstance(parameters_change, bool):
+        raise ValueError(f"parameters_change: give a whole number (parameters at 448x448 minus those at 224x224), "
+                         f"got {parameters_change!r}")
+    model = torchvision.models.resnet50()  # random weights: the counts do not depend on them
+    ratio = count_macs(model, (3, 448, 448)) / count_macs(model, (3, 224, 224))
+    if parameters_change != 0:
+        return False, ("the parameters are the filters' weights, and a filter is the same size whatever the image: "
+                       "how many of them does a larger image add?")
+    if abs(macs_ratio - ratio) > 0.02 * ratio:
+        return False, ("not that ratio: a convolution does the same work at every position of its map, and an image "
+                       "twice as wide and twice as high has how many times the positions?")
+    return True, (f"{ratio:.3f} times the MACs for twice the side (four times the pixels), and not one parameter more "
+                  f"({count_parameters(model):,}): a CNN's cost grows with the image's area, its number of parameters does not. "
+                  "ViT-B/16's position embeddings are learnt for 14x14 patches, so a 448-px image needs them "
+                  "interpolated first.")
+
+
 # ----- the registry ----------------------------------------------------------------------------------
 
 EXERCISES: dict[str, Exercise] = {e.id: e for e in sorted([
@@ -233,6 +259,7 @@ EXERCISES: dict[str, Exercise] = {e.id: e for e in sorted([
         "channels adds 16 * 16 * 4 + 16 = 1,040 of them, which it then learns.")),
     Exercise("07.5", "test images for 99.0% vs 99.2% at 95% power", judge=_test_size_at_95),
     Exercise("08.5", "LeNet-5's C3 parameters if every map saw all of S2", judge=_c3_fully_connected),
+    Exercise("08.2", "ResNet-50's MACs and parameters at 448x448 against 224x224", judge=_macs_with_image_size),
 ], key=lambda e: e.id)}
 
 

@@ -85,6 +85,15 @@ def test_lenet_c3_with_every_connection():
     assert check("08.5", parameters=16 * (6 * 5 * 5 + 1)).right
 
 
+def test_resnet50_macs_grow_with_the_area_and_its_parameters_stay():
+    side_ratio = 448 / 224
+    assert "how many times the positions" in check("08.2", macs_ratio=side_ratio, parameters_change=0).message
+    assert "filter is the same size" in check("08.2", macs_ratio=side_ratio ** 2, parameters_change=-5).message
+    assert check("08.2", macs_ratio=side_ratio ** 2, parameters_change=0).right  # four times the pixels
+    with pytest.raises(ValueError, match="positive number"):
+        check("08.2", macs_ratio="4x", parameters_change=0)
+
+
 def test_open_questions_have_model_answers_and_checks_refuse_what_they_cannot_judge():
     assert "1,040" in model_answer("04.2") and "permutation" in model_answer("02.4")
     with pytest.raises(ValueError, match="model_answer"):

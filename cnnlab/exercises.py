@@ -330,7 +330,7 @@ def _record(exercise_id: str, state: str) -> None:
         print(f"(progress not kept: {_progress_file()} could not be written: {err})")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Progress:
     """Which exercises of a notebook are solved (checked and right) or read (model answers)."""
 
@@ -349,7 +349,7 @@ class Progress:
             parts.append(f"still open: {', '.join(self.open)}")
         return "; ".join(parts)
 
-    _repr_pretty_ = lambda self, p, cycle: p.text(str(self))  # noqa: E731 (IPython shows str)
+    __repr__ = __str__
 
 
 def progress(notebook: str | int) -> Progress:

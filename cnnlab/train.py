@@ -315,8 +315,7 @@ def _graceful_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-def _augment(xb: Tensor, settings: dict[str, Any], fill: float, generator: torch.Generator) -> Tensor:
-    a = Augment.from_value(settings)  # the config's dict; Augment's defaults for what it leaves out
+def _augment(xb: Tensor, a: Augment, fill: float, generator: torch.Generator) -> Tensor:
     return random_affine(xb, max_shift=a.shift, max_rotate=a.rotate, scale=a.scale, fill=fill, generator=generator)
 
 
@@ -368,6 +367,7 @@ class _Run:
     schedule_every: str
     generator: torch.Generator
     augment_generator: torch.Generator | None
+    augment: Augment | None  # the config's dict, read once (Augment's defaults for what it leaves out)
     history: History
     state: LoopState
     callbacks: list
@@ -470,14 +470,14 @@ def _prepare(model: nn.Module, train_set: ImageSet, test_set: ImageSet | None, c
         history.config["param_groups"] = [{"parameters": sum(p.numel() for p in g["params"]), "lr": g["lr"]} for g in groups]
     state = LoopState(model, opt, cfg, history, device, steps_per_epoch, started=time.perf_counter(), amp=amp)
     return _Run(model, cfg, device, amp, train, test, opt, graphed_step, schedule, schedule_every, generator,
-                augment_generator, history, state, sorted(callbacks, key=lambda cb: getattr(cb, "order", 0)),
+                augment_generator, Augment.from_value(cfg.augment) if cfg.augment else None, history, state, sorted(callbacks, key=lambda cb: getattr(cb, "order", 0)),
                 torch.zeros(steps_per_epoch, device=device))
 
 
 def _step(r: _Run, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
     """One optimiser step on a batch (augmented first, if asked): its loss and outputs."""
     if r.cfg.augment:  # each image its own random move, drawn on the training device
-        xb = _augment(xb, r.cfg.augment, r.train.background, r.augment_generator)
+        xb = _augment(xb, r.augment, r.train.background, r.augment_generator)
     if r.graphed_step is not None and len(yb) == r.cfg.batch_size:
         loss, logits = r.graphed_step(xb, yb)  # the same step as below, replayed as one CUDA graph
     else:
